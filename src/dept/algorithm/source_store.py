@@ -1,0 +1,108 @@
+"""Per-source state that waits on disk between the rounds in which the source is sampled.
+
+A source's state (its own embedding in SPEC/SPEC-OPT, its AdamW state, its data-stream position) is written as
+`DIR/NAME/rRRRRR.safetensors` + `.json` after the round RRRRR that trained it. Loading for round t takes the
+newest version written before t, so a run resumed from the checkpoint of round t never sees a version that a
+killed round wrote after it; `prune` drops versions no checkpoint can need. Only the active source's state is ever
+in memory, so memory does not grow with the number of sources.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dept.atomic_io import write_atomic, write_json_atomic
+from dept.data.stream import StreamPosition
+
+_VERSION = re.compile(r"^r(\d{6})\.json$")
+
+
+@dataclass
+class SourceState:
+    embedding: dict[str, torch.Tensor] = field(default_factory=dict)  # SPEC/SPEC-OPT table (+ positions)
+    optimizer: dict | None = None  # torch AdamW state_dict
+    streams: dict[str, StreamPosition] = field(default_factory=dict)  # one per data stream (STD: per source)
+    extra: dict = field(default_factory=dict)  # e.g. the mixture's step counter
+    rounds_trained: int = 0
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
+    for idx, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{idx}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    for idx, scalars in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(scalars)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+class SourceStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _versions(self, name: str) -> list[int]:
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _VERSION.match(p.name)))
+
+    def load(self, name: str, before_round: int) -> SourceState | None:
+        versions = [v for v in self._versions(name) if v < before_round]
+        if not versions:
+            return None
+        stem = self.root / name / f"r{versions[-1]:06d}"
+        meta = json.loads(stem.with_suffix(".json").read_text())
+        tensors = load_file(str(stem.with_suffix(".safetensors")))
+        embedding = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("embedding.")}
+        optimizer = _unflatten_optimizer(tensors, meta["optimizer"]) if meta["optimizer"] else None
+        streams = {k: StreamPosition(**v) for k, v in meta["streams"].items()}
+        return SourceState(embedding, optimizer, streams, meta["extra"], meta["rounds_trained"])
+
+    def save(self, name: str, round_index: int, state: SourceState) -> None:
+        stem = self.root / name / f"r{round_index:06d}"
+        tensors = {f"embedding.{k}": v.detach().contiguous().cpu() for k, v in state.embedding.items()}
+        opt_meta = None
+        if state.optimizer is not None:
+            opt_tensors, opt_meta = _flatten_optimizer(state.optimizer)
+            tensors.update(opt_tensors)
+        # Tensors first, then the JSON that makes the version visible to `load`.
+        write_atomic(stem.with_suffix(".safetensors"), lambda p: save_file(tensors, str(p)))
+        write_json_atomic(stem.with_suffix(".json"), {
+            "optimizer": opt_meta, "extra": state.extra, "rounds_trained": state.rounds_trained,
+            "streams": {k: {"epoch": v.epoch, "cursor": v.cursor} for k, v in state.streams.items()},
+        })
+
+    def discard_from(self, round_index: int) -> None:
+        """Remove versions written in or after `round_index` (left by a run killed before its checkpoint)."""
+        for folder in self.root.glob("*/"):
+            for v in self._versions(folder.name):
+                if v >= round_index:
+                    for suffix in (".json", ".safetensors"):
+                        (folder / f"r{v:06d}{suffix}").unlink(missing_ok=True)
+
+    def prune(self, keep_before_round: int) -> None:
+        """Keep, per source, the newest version before `keep_before_round` and everything after it."""
+        for folder in self.root.glob("*/"):
+            old = [v for v in self._versions(folder.name) if v < keep_before_round][:-1]
+            for v in old:
+                for suffix in (".json", ".safetensors"):
+                    (folder / f"r{v:06d}{suffix}").unlink(missing_ok=True)

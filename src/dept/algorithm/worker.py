@@ -1,0 +1,196 @@
+"""A worker: N local AdamW steps of (a copy of the body, one source's embedding) on that source's stream.
+
+The same worker trains every variant: the variant decides where the embedding comes from (the download for
+GLOB/TRIM/STD/ACT, the source's own state for SPEC/SPEC-OPT) and what goes back in the `WorkerUpdate`. The STD and
+ACT baselines run as a worker of the pseudo-source `mixture`, whose batches mix all sources with temperature τ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+
+from dept.algorithm.schedule import learning_rate
+from dept.algorithm.source_store import SourceState, SourceStore
+from dept.algorithm.types import Download, RoundPlan, WorkerUpdate
+from dept.algorithm.variants import MIXTURE, EmbeddingRule, VariantSpec
+from dept.config import Config
+from dept.data.prepared import GLOBAL, PreparedData
+from dept.data.stream import MixtureStream, StreamPosition, WindowStream
+from dept.model import Body, LanguageModel, SourceEmbedding
+
+
+def seeded_generator(*parts: int) -> torch.Generator:
+    seed = int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class SourceData:
+    """Everything about one source's data a worker needs, from the prepared folder."""
+
+    def __init__(self, cfg: Config, spec: VariantSpec, data: PreparedData, name: str):
+        self.cfg, self.spec, self.data, self.name = cfg, spec, data, name
+        self.index = [s.name for s in cfg.data.sources].index(name) if name != MIXTURE else len(cfg.data.sources)
+
+    @property
+    def vocab(self) -> str:
+        return self.spec.vocabulary
+
+    def trim_ids(self) -> torch.Tensor:
+        return torch.from_numpy(self.data.source(self.name).trim_vocab())
+
+    def vocab_size(self) -> int:
+        if self.spec.embedding == EmbeddingRule.ROWS:
+            return int(self.trim_ids().numel())
+        if self.vocab == GLOBAL or self.name == MIXTURE:
+            return self.data.global_vocab_size
+        return self.data.source(self.name).vocab_size(self.vocab)
+
+    def window_stream(self, name: str, batch_size: int, trim: bool) -> WindowStream:
+        src = self.data.source(name)
+        id_map = None
+        if trim:
+            ids = src.trim_vocab()
+            id_map = np.full(self.data.global_vocab_size, -1, dtype=np.int64)
+            id_map[ids] = np.arange(ids.size)
+        index = [s.name for s in self.cfg.data.sources].index(name)
+        return WindowStream(src.tokens(self.vocab, "train"), self.cfg.train.seq_len, batch_size,
+                            self.cfg.run.seed, index, name, id_map)
+
+    def stream(self, positions: dict[str, StreamPosition], extra: dict):
+        t = self.cfg.train
+        if self.name != MIXTURE:
+            stream = self.window_stream(self.name, t.batch_size, self.spec.embedding == EmbeddingRule.ROWS)
+            stream.seek(positions.get(self.name, StreamPosition()))
+            return stream
+        names = [s.name for s in self.cfg.trained_sources]
+        batch = t.std_batch_size or t.batch_size * self.cfg.sources_per_round
+        streams = [self.window_stream(n, 1, trim=False) for n in names]
+        for n, s in zip(names, streams, strict=True):
+            s.seek(positions.get(n, StreamPosition()))
+        counts = [self.data.source(n).n_tokens(GLOBAL, "train") for n in names]
+        mix = MixtureStream(streams, MixtureStream.temperature_weights(counts, t.std_temperature), batch,
+                            self.cfg.run.seed)
+        mix.step = int(extra.get("mixture_step", 0))
+        return mix
+
+
+class Worker:
+    def __init__(self, cfg: Config, spec: VariantSpec, data: PreparedData, store: SourceStore,
+                 device: torch.device):
+        self.cfg, self.spec, self.data, self.store, self.device = cfg, spec, data, store, device
+
+    def build_embedding(self, source: SourceData, download: Download, state: SourceState | None) -> SourceEmbedding:
+        mcfg = self.cfg.model
+        if self.spec.embedding == EmbeddingRule.LOCAL:
+            emb = SourceEmbedding(source.vocab_size(), mcfg)
+            if state is not None and state.embedding:
+                emb.tokens.weight.data.copy_(state.embedding["tokens"])
+                if emb.positions is not None:
+                    emb.positions.weight.data.copy_(state.embedding["positions"])
+            else:  # first time this source is sampled: a seeded random table
+                emb.reset_parameters(seeded_generator(self.cfg.run.seed, 104729, source.index))
+            return emb
+        ids = source.trim_ids() if self.spec.embedding == EmbeddingRule.ROWS else None
+        emb = SourceEmbedding(download.embedding["tokens"].shape[0], mcfg, global_ids=ids)
+        emb.tokens.weight.data.copy_(download.embedding["tokens"])
+        if emb.positions is not None:
+            emb.positions.weight.data.copy_(download.embedding["positions"])
+        return emb
+
+    def run(self, plan: RoundPlan, name: str, download: Download) -> WorkerUpdate:
+        t0 = time.perf_counter()
+        cfg, tcfg = self.cfg, self.cfg.train
+        source = SourceData(cfg, self.spec, self.data, name)
+        state = self.store.load(name, plan.round)
+        body = Body(cfg.model)
+        body.load_state_dict(download.body)
+        embedding = self.build_embedding(source, download, state)
+        lm = LanguageModel(body, embedding).to(self.device)
+        lm.train()
+        inner = tcfg.inner
+        optimizer = torch.optim.AdamW(list(lm.parameters()), lr=inner.lr, betas=inner.betas, eps=inner.eps,
+                                      weight_decay=inner.weight_decay)
+        if inner.keep_state and state is not None and state.optimizer is not None:
+            optimizer.load_state_dict(state.optimizer)
+        positions = state.streams if state else {}
+        stream = source.stream(self._named_positions(source, positions), state.extra if state else {})
+        reset_every = tcfg.act_reset_every or tcfg.local_steps
+        losses: list[float] = []
+        tokens = 0
+        for i in range(plan.local_steps):
+            step = plan.first_step + i
+            if self.spec.resets_embedding and step > 0 and step % reset_every == 0:
+                self._forget_embedding(embedding, optimizer, step)
+            lr = learning_rate(step, plan.total_steps, inner.lr, inner.warmup_steps, inner.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = stream.next_batch().to(self.device, non_blocking=True)
+            with autocast_context(self.device, tcfg.precision):
+                loss = lm.loss(batch)
+            loss.backward()
+            if inner.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(lm.parameters(), inner.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            tokens += batch.shape[0] * (batch.shape[1] - 1)
+
+        self._save_state(name, plan, source, embedding, optimizer, stream, state)
+        return self._update(plan, name, lm, embedding, tokens, losses, time.perf_counter() - t0)
+
+    def _named_positions(self, source: SourceData, stored: dict[str, StreamPosition]) -> dict[str, StreamPosition]:
+        if source.name != MIXTURE:
+            return stored
+        names = [s.name for s in self.cfg.trained_sources]
+        return {names[int(k)]: v for k, v in stored.items()}
+
+    def _forget_embedding(self, embedding: SourceEmbedding, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """ACT: re-initialise the embeddings and drop their optimizer moments."""
+        with torch.no_grad():
+            fresh = SourceEmbedding(embedding.vocab_size, self.cfg.model)
+            fresh.reset_parameters(seeded_generator(self.cfg.run.seed, 15485863, step))
+            embedding.load_state_dict(fresh.state_dict())
+        for p in embedding.parameters():
+            optimizer.state.pop(p, None)
+
+    def _save_state(self, name: str, plan: RoundPlan, source: SourceData, embedding: SourceEmbedding,
+                    optimizer: torch.optim.Optimizer, stream, previous: SourceState | None) -> None:
+        new = SourceState(rounds_trained=(previous.rounds_trained if previous else 0) + 1)
+        if self.spec.embedding == EmbeddingRule.LOCAL:
+            new.embedding = {k.replace(".weight", ""): v for k, v in embedding.state_dict().items()}
+        if self.cfg.train.inner.keep_state:
+            new.optimizer = optimizer.state_dict()
+        if isinstance(stream, MixtureStream):
+            new.streams = {str(i): s.position for i, s in enumerate(stream.streams)}
+            new.extra = {"mixture_step": stream.step}
+        else:
+            new.streams = {name: stream.position}
+        self.store.save(name, plan.round, new)
+
+    def _update(self, plan: RoundPlan, name: str, lm: LanguageModel, embedding: SourceEmbedding, tokens: int,
+                losses: list[float], elapsed_s: float) -> WorkerUpdate:
+        body = {k: v.detach().to("cpu", copy=True) for k, v in lm.body.state_dict().items()}
+        update = WorkerUpdate(source=name, round=plan.round, body=body, tokens=tokens,
+                              train_loss=float(np.mean(losses)), last_loss=losses[-1], elapsed_s=elapsed_s)
+        if self.spec.embedding != EmbeddingRule.LOCAL:
+            update.embedding = {k.replace(".weight", ""): v.detach().to("cpu", copy=True)
+                                for k, v in embedding.state_dict().items()}
+        if self.spec.embedding == EmbeddingRule.ROWS:
+            update.row_ids = embedding.global_ids.to(torch.int32)
+        return update

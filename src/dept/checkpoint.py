@@ -1,0 +1,88 @@
+"""Checkpoints: body, global embedding and outer-optimizer state as safetensors, trainer state as JSON.
+
+`RUN/checkpoints/round_RRRRR/` is written under a temporary name, every file with its SHA-256 in
+`manifest.json`, then renamed into place: a folder with that name is complete. Loading verifies every checksum
+and that the checkpoint was made with the same training settings (the config fingerprint).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dept.algorithm.types import SharedState
+from dept.atomic_io import publish_dir, sha256_file, write_atomic, write_json_atomic
+from dept.errors import CheckpointError
+
+_NAME = re.compile(r"^round_(\d{5,})$")
+
+
+@dataclass
+class TrainerState:
+    next_round: int
+    fingerprint: str
+    variant: str
+    rng_state: list[int]
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    write_atomic(path, lambda p: save_file(tensors, str(p)))
+
+
+def save_checkpoint(run_dir: Path, shared: SharedState, state: TrainerState, keep: int) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"round_{state.next_round:05d}"
+    tmp = root / f".round_{state.next_round:05d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _save_tensors(tmp / "body.safetensors", shared.body)
+    _save_tensors(tmp / "embedding.safetensors", shared.embedding)
+    _save_tensors(tmp / "outer.safetensors", shared.momentum)
+    write_json_atomic(tmp / "state.json", state.__dict__)
+    files = sorted(p.name for p in tmp.iterdir())
+    write_json_atomic(tmp / "manifest.json", {"files": {f: sha256_file(tmp / f) for f in files}})
+    publish_dir(tmp, final)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, fingerprint: str | None = None) -> tuple[SharedState, TrainerState]:
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{path}: not a checkpoint (no manifest.json)")
+    manifest = json.loads(manifest_path.read_text())
+    for name, digest in manifest["files"].items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{path}: missing file {name}")
+        if sha256_file(f) != digest:
+            raise CheckpointError(f"{f}: checksum mismatch (corrupt checkpoint)")
+    state = TrainerState(**json.loads((path / "state.json").read_text()))
+    if fingerprint is not None and state.fingerprint != fingerprint:
+        raise CheckpointError(f"{path}: checkpoint was made with another config (fingerprint {state.fingerprint}, "
+                              f"this config {fingerprint})")
+    shared = SharedState(body=load_file(str(path / "body.safetensors")),
+                         embedding=load_file(str(path / "embedding.safetensors")),
+                         momentum=load_file(str(path / "outer.safetensors")))
+    return shared, state

@@ -1,0 +1,245 @@
+"""The `dept` command line: thin wrappers that parse, call the library and print.
+
+    dept prepare CONFIG [key=value ...]        read sources, train tokenizers, write packed shards
+    dept train CONFIG [key=value ...]          pre-train (variant from train.variant)
+    dept train --resume RUN_DIR                continue a stopped run from its last checkpoint
+    dept eval RUN_DIR                          evaluate the last checkpoint of a run
+    dept compare CONFIG --variants a,b,...     prepare + train several variants, one table of bits per byte
+    dept comms --preset paper-mc4-1.7b         communication per round, analytically
+    dept settings                              every config key with its type, default and meaning
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dept.errors import DeptError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Pre-train language models with Decoupled Embeddings (DEPT) on many heterogeneous sources.")
+console = Console()
+
+Overrides = Annotated[list[str] | None, typer.Argument(help="Settings to override, as key.path=value "
+                                                            "(e.g. train.rounds=20 model.d_model=512)")]
+ConfigPath = Annotated[Path, typer.Argument(help="YAML config (see configs/ and `dept settings`)")]
+
+
+def _log(msg: str) -> None:
+    console.print(msg, markup=False, highlight=False)
+
+
+@app.command()
+def prepare(config: ConfigPath, overrides: Overrides = None,
+            force: Annotated[bool, typer.Option(help="Redo every source even if unchanged")] = False) -> None:
+    """Read the sources, split train/validation by document hash, train the global and per-source tokenizers,
+    and write packed token shards (sources whose inputs and settings have not changed are skipped)."""
+    from dept.config import load_config
+    from dept.data.prepare import prepare as run_prepare
+
+    cfg = load_config(config, overrides)
+    report = run_prepare(cfg, log=_log, force=force)
+    _log(f"prepared {len(report.prepared)} source(s), skipped {len(report.skipped)} unchanged, in "
+         f"{report.total_s:.1f}s; encoding {report.encoded_bytes / 1e6:.1f} MB at {report.encode_mb_per_s:.1f} MB/s "
+         f"-> {cfg.data_dir}")
+
+
+@app.command()
+def train(config: Annotated[Path | None, typer.Argument(help="YAML config (omit with --resume)")] = None,
+          overrides: Overrides = None,
+          resume: Annotated[Path | None, typer.Option(help="Run folder to continue from its last checkpoint")] = None,
+          ) -> None:
+    """Pre-train with the variant in train.variant (glob, trim, spec, spec_opt) or a baseline (std, act)."""
+    from dept.config import load_config
+    from dept.report import run_table
+    from dept.training import Trainer, resume_config
+
+    if resume is not None:
+        if config is not None:
+            overrides = [str(config)] + list(overrides or [])
+        cfg = resume_config(resume)
+        if overrides:
+            from dept.config import apply_overrides, config_from_dict
+
+            tree = apply_overrides(cfg.to_dict(), overrides)
+            cfg = config_from_dict(tree, f"{resume}/config.yaml", base_dir=resume)
+    elif config is None:
+        raise DeptError("train needs a CONFIG file, or --resume RUN_DIR")
+    else:
+        cfg = load_config(config, overrides)
+    trainer = Trainer(cfg, log=_log)
+    trainer.train(resume=resume is not None)
+    from dept.report import load_results
+
+    console.print(run_table(load_results(cfg.run_dir)))
+    _log(f"run folder: {cfg.run_dir}")
+
+
+@app.command("eval")
+def evaluate(run_dir: Annotated[Path, typer.Argument(help="Run folder")],
+             max_tokens: Annotated[int | None, typer.Option(help="Validation tokens per source")] = None) -> None:
+    """Evaluate a run's last checkpoint on every source: loss, perplexity per token, bits per byte."""
+    from dept.atomic_io import write_json_atomic
+    from dept.checkpoint import latest_checkpoint, load_checkpoint
+    from dept.eval.validation import evaluate_sources, summarize
+    from dept.report import run_table
+    from dept.training import Trainer, resume_config
+
+    cfg = resume_config(run_dir)
+    if max_tokens:
+        cfg.eval.max_tokens = max_tokens
+    trainer = Trainer(cfg, log=_log)
+    ckpt = latest_checkpoint(cfg.run_dir)
+    if ckpt is None:
+        raise DeptError(f"{run_dir}: no checkpoint to evaluate")
+    shared, state = load_checkpoint(ckpt, cfg.training_fingerprint())
+    results = evaluate_sources(cfg, trainer.spec, trainer.data, shared, trainer.store, state.next_round,
+                               trainer.device)
+    out = {"variant": trainer.spec.variant.value, "round": state.next_round, "results": results,
+           **summarize(results)}
+    write_json_atomic(cfg.run_dir / "eval.json", out)
+    console.print(run_table(out, title=f"{out['variant']} after round {state.next_round}: validation"))
+
+
+@app.command()
+def compare(config: ConfigPath, overrides: Overrides = None,
+            variants: Annotated[str, typer.Option(help="Comma-separated variants to train")] =
+            "spec_opt,spec,trim,glob,std",
+            ) -> None:
+    """Prepare the data, then train each variant into RUN_DIR/VARIANT (finished runs are reused, stopped ones
+    resumed) and print one table of per-source validation bits per byte."""
+    from dept.atomic_io import write_json_atomic, write_text_atomic
+    from dept.checkpoint import latest_checkpoint
+    from dept.config import Variant, load_config
+    from dept.data.prepare import prepare as run_prepare
+    from dept.report import comparison_markdown, comparison_table, load_results
+    from dept.training import Trainer
+
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    for v in names:
+        if v not in {x.value for x in Variant}:
+            raise DeptError(f"--variants: unknown variant '{v}' (choose from {', '.join(x.value for x in Variant)})")
+    base = load_config(config, overrides)
+    run_prepare(base, log=_log)
+    runs = {}
+    for v in names:
+        cfg = load_config(config, list(overrides or []) + [f"train.variant={v}",
+                                                          f"run.dir={base.run_dir / v}"])
+        if (cfg.run_dir / "results.json").is_file():
+            _log(f"== {v}: finished run found in {cfg.run_dir}")
+        else:
+            _log(f"== {v}")
+            Trainer(cfg, log=_log).train(resume=latest_checkpoint(cfg.run_dir) is not None)
+        runs[v] = load_results(cfg.run_dir)
+    console.print(comparison_table(runs))
+    write_json_atomic(base.run_dir / "comparison.json", runs)
+    write_text_atomic(base.run_dir / "comparison.md", comparison_markdown(runs))
+    _log(f"table written to {base.run_dir / 'comparison.md'}")
+
+
+@app.command()
+def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the paper's 1.71B MC4 model")] = None,
+          config: Annotated[Path | None, typer.Option(help="Take the model and vocabulary from a config")] = None,
+          n_layers: Annotated[int, typer.Option(help="Blocks")] = 12,
+          d_model: Annotated[int, typer.Option(help="Width")] = 768,
+          d_mlp: Annotated[int, typer.Option(help="MLP hidden size (0 = 4·d_model for gelu)")] = 0,
+          mlp: Annotated[str, typer.Option(help="swiglu or gelu")] = "gelu",
+          vocab: Annotated[int, typer.Option(help="Global vocabulary")] = 250_112,
+          own_vocab: Annotated[int, typer.Option(help="SPEC-OPT per-source vocabulary")] = 50_257,
+          trim_fraction: Annotated[float, typer.Option(help="TRIM: share of the global rows a source holds")] = 1.0,
+          local_steps: Annotated[int, typer.Option(help="Local steps N per round")] = 500,
+          body_params: Annotated[int, typer.Option(help="Use this body size instead of computing it")] = 0,
+          dtype_bytes: Annotated[int, typer.Option(help="Bytes per parameter sent")] = 4) -> None:
+    """Parameters and bytes each sampled source moves per round, per variant, against STD's per-step
+    all-reduce; the embedding parameters each worker holds."""
+    from dept.config import Variant, load_config
+    from dept.eval.comms import PAPER_MC4_1B7, body_parameters, comms_row
+
+    note = ""
+    if preset == "paper-mc4-1.7b":
+        p = PAPER_MC4_1B7
+        n_layers, d_model, d_mlp, mlp, vocab = p["n_layers"], p["d_model"], p["d_mlp"], p["mlp"], p["vocab"]
+        local_steps, own_vocab = p["local_steps"], p["own_vocab"]
+        computed = body_parameters(n_layers, d_model, d_mlp, mlp)
+        body_params = body_params or p["reported_body"]
+        note = (f"body {body_params / 1e9:.3f}B as the paper reports (12·L·d² + norms = {computed / 1e9:.3f}B "
+                f"gives {local_steps * (computed + vocab * d_model) / computed:.0f}×)")
+    elif preset is not None:
+        raise DeptError(f"--preset: unknown preset '{preset}' (choose paper-mc4-1.7b)")
+    elif config is not None:
+        from dept.data.prepared import PreparedData
+
+        cfg = load_config(config)
+        n_layers, d_model, d_mlp, mlp = cfg.model.n_layers, cfg.model.d_model, cfg.model.mlp_hidden, "swiglu"
+        local_steps = cfg.train.local_steps
+        try:
+            vocab = PreparedData(cfg.data_dir).global_vocab_size
+        except DeptError:
+            vocab = cfg.data.tokenizer.global_.vocab_size
+        own_vocab = cfg.data.tokenizer.per_source.vocab_size
+    d_mlp = d_mlp or 4 * d_model
+    body = body_params or body_parameters(n_layers, d_model, d_mlp, mlp)
+    table = Table(title=f"per sampled source per round (N={local_steps}): body {body / 1e6:.1f}M, "
+                        f"vocabulary {vocab}, d_model {d_model}")
+    for col in ("variant", "params each way", "MB each way", "per-step equivalent", "less than STD",
+                "embedding params held"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for v in (Variant.STD, Variant.GLOB, Variant.TRIM, Variant.SPEC, Variant.SPEC_OPT):
+        row = comms_row(v, body, d_model, vocab, local_steps, trim_rows=int(round(trim_fraction * vocab)),
+                        own_vocab=own_vocab, dtype_bytes=dtype_bytes)
+        table.add_row(v.value.upper().replace("_", "-"), f"{row.params_up / 1e6:,.1f}M",
+                      f"{row.bytes_up / 1e6:,.1f}", f"{row.params_up / local_steps / 1e6:,.2f}M",
+                      f"{row.reduction_vs_std:,.0f}×", f"{row.embedding_params_held / 1e6:,.1f}M")
+    console.print(table)
+    if note:
+        _log(note)
+
+
+@app.command()
+def settings() -> None:
+    """Every config key, with its type, default and meaning."""
+    from dept.config import Config
+
+    table = Table(title="config keys (YAML sections; override any with key.path=value)")
+    for col in ("key", "type", "default", "meaning"):
+        table.add_column(col)
+
+    def walk(model, prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            if name == "base_dir":
+                continue
+            key = f"{prefix}{field.alias or name}"
+            ann = field.annotation
+            sub = getattr(ann, "model_fields", None)
+            if sub is not None:
+                walk(ann, key + ".")
+                continue
+            if getattr(ann, "__args__", None) and hasattr(ann.__args__[0], "model_fields"):
+                walk(ann.__args__[0], key + "[].")
+                continue
+            default = "" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            table.add_row(key, getattr(ann, "__name__", str(ann)).replace("typing.", ""), default,
+                          field.description or "")
+
+    walk(Config, "")
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except DeptError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""Typed, validated run settings: one class per concern, loaded from YAML with `a.b=value` overrides.
+
+Every field has a description (shown by `dept config-help`). Unknown keys and wrong types are refused with one
+line naming the key and the file. The resolved config is written into every run folder and checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dept.atomic_io import write_text_atomic
+from dept.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+
+
+class Variant(StrEnum):
+    GLOB = "glob"
+    TRIM = "trim"
+    SPEC = "spec"
+    SPEC_OPT = "spec_opt"
+    STD = "std"
+    ACT = "act"
+
+
+class TokenizerKind(StrEnum):
+    BPE = "bpe"
+    UNIGRAM = "unigram"
+
+
+class SourceConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Source name (letters, digits, _ . -)")
+    files: list[str] = Field(
+        default_factory=list,
+        description="Globs (relative to the config file) of .txt/.md (one document per file, or split on "
+        "`delimiter`), .jsonl (one document per line, `text_field`), .parquet (column `text_field`)",
+    )
+    hf_dataset: str | None = Field(None, description="Path of a Hugging Face `datasets` dataset saved to disk")
+    hf_split: str = Field("train", description="Split of `hf_dataset` to read when it is a DatasetDict")
+    text_field: str = Field("text", description="Field holding the text in .jsonl/.parquet/datasets")
+    delimiter: str | None = Field(None, description="Split .txt/.md files into documents on this string")
+    language: str | None = Field(None, description="Optional language tag (e.g. en)")
+    domain: str | None = Field(None, description="Optional domain tag (e.g. code, law)")
+    unseen: bool = Field(False, description="Evaluate only: never trained on")
+    vocab_size: int | None = Field(None, ge=300, description="SPEC-OPT vocabulary of this source (default: tokenizer.per_source)")
+
+    @model_validator(mode="after")
+    def _has_input(self) -> SourceConfig:
+        if not self.files and not self.hf_dataset:
+            raise ValueError(f"source '{self.name}' needs `files` or `hf_dataset`")
+        return self
+
+
+class GlobalTokenizerConfig(Strict):
+    kind: TokenizerKind = Field(TokenizerKind.BPE, description="bpe or unigram")
+    vocab_size: int = Field(8192, ge=300, le=1 << 20, description="Global vocabulary size")
+    temperature: float = Field(0.3, ge=0, le=1, description="Mixture share of source k ∝ chars_k^temperature")
+    sample_chars: int = Field(20_000_000, ge=1000, description="Characters of the balanced mixture to train on")
+
+
+class PerSourceTokenizerConfig(Strict):
+    kind: TokenizerKind = Field(TokenizerKind.UNIGRAM, description="bpe or unigram")
+    vocab_size: int = Field(4096, ge=300, le=1 << 20, description="Default vocabulary size of each source")
+    sample_chars: int = Field(10_000_000, ge=1000, description="Max characters of a source to train on")
+
+
+class TokenizerConfig(Strict):
+    global_: GlobalTokenizerConfig = Field(default_factory=GlobalTokenizerConfig, alias="global")
+    per_source: PerSourceTokenizerConfig = Field(default_factory=PerSourceTokenizerConfig)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DataConfig(Strict):
+    dir: str = Field(".dept_cache/data", description="Folder of prepared data (relative to the config file)")
+    val_fraction: float = Field(0.05, gt=0, lt=1, description="Share of documents held out, by document hash")
+    min_doc_chars: int = Field(1, ge=1, description="Drop documents shorter than this")
+    sources: list[SourceConfig] = Field(description="The data sources")
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    workers: int = Field(0, ge=0, description="Processes for reading/encoding (0 = all cores)")
+
+    @model_validator(mode="after")
+    def _unique(self) -> DataConfig:
+        names = [s.name for s in self.sources]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate source names: {sorted(dup)}")
+        if not any(not s.unseen for s in self.sources):
+            raise ValueError("at least one source must be trained on (unseen: false)")
+        return self
+
+
+class ModelConfig(Strict):
+    d_model: int = Field(256, ge=8, description="Width")
+    n_layers: int = Field(4, ge=1, description="Transformer blocks")
+    n_heads: int = Field(4, ge=1, description="Attention heads")
+    d_mlp: int = Field(0, ge=0, description="SwiGLU hidden size (0 = 8/3·d_model rounded to 64)")
+    max_seq_len: int = Field(1024, ge=8, description="Longest sequence (RoPE table / learned positions)")
+    positions: str = Field("rope", pattern="^(rope|learned)$", description="rope or learned")
+    rope_theta: float = Field(10000.0, gt=0)
+    norm_eps: float = Field(1e-5, gt=0)
+    init_std: float = Field(0.02, gt=0, description="Std of weight initialisation")
+
+    @model_validator(mode="after")
+    def _heads(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
+            raise ValueError("RoPE needs an even head size")
+        return self
+
+    @property
+    def mlp_hidden(self) -> int:
+        if self.d_mlp:
+            return self.d_mlp
+        return max(64, int(round(8 * self.d_model / 3 / 64)) * 64)
+
+
+class InnerOptConfig(Strict):
+    lr: float = Field(6e-4, gt=0, description="Peak learning rate (AdamW)")
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="Max grad norm (0 = off)")
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decays to this fraction of the peak")
+    keep_state: bool = Field(True, description="Keep a source's AdamW state between its rounds")
+
+
+class OuterOptConfig(Strict):
+    kind: str = Field("fedavg", pattern="^(fedavg|nesterov)$", description="fedavg (paper) or nesterov (DiLoCo)")
+    lr: float = Field(0.7, gt=0, description="Nesterov outer learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Nesterov momentum")
+
+
+class TrainConfig(Strict):
+    variant: Variant = Field(Variant.SPEC_OPT, description="glob, trim, spec, spec_opt, std or act")
+    rounds: int = Field(10, ge=1, description="Rounds T (STD/ACT: blocks of local_steps steps)")
+    local_steps: int = Field(500, ge=1, description="Local steps N per round")
+    sources_per_round: int = Field(0, ge=0, description="Sources sampled each round (0 = all)")
+    batch_size: int = Field(8, ge=1, description="Sequences per step per source")
+    seq_len: int = Field(256, ge=8, description="Tokens per sequence")
+    aggregation: str = Field("tokens", pattern="^(tokens|uniform)$", description="Weights of the body average")
+    inner: InnerOptConfig = Field(default_factory=InnerOptConfig)
+    outer: OuterOptConfig = Field(default_factory=OuterOptConfig)
+    std_temperature: float = Field(0.3, ge=0, le=1, description="STD/ACT: p_k ∝ tokens_k^τ")
+    std_batch_size: int = Field(0, ge=0, description="STD/ACT batch (0 = batch_size × sources_per_round)")
+    act_reset_every: int = Field(0, ge=0, description="ACT: re-initialise embeddings every this many steps (0 = local_steps)")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    precision: str = Field("fp32", pattern="^(fp32|bf16)$", description="bf16 = autocast on CUDA/CPU")
+    checkpoint_every: int = Field(1, ge=1, description="Checkpoint every this many rounds")
+    keep_checkpoints: int = Field(2, ge=1)
+    threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores)")
+
+
+class EvalConfig(Strict):
+    every: int = Field(0, ge=0, description="Evaluate every E rounds (0 = only at the end)")
+    max_tokens: int = Field(65536, ge=16, description="Validation tokens per source (cap)")
+    batch_size: int = Field(16, ge=1)
+    unseen_adapt_steps: int = Field(0, ge=0, description="SPEC/SPEC-OPT unseen sources: embedding-only steps "
+                                    "on the source's train split before evaluating (frozen body)")
+
+
+class RunConfig(Strict):
+    dir: str = Field("runs/run", description="Run folder (relative to the config file)")
+    seed: int = 0
+
+
+class Config(Strict):
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    base_dir: Annotated[str, Field(exclude=True)] = "."
+
+    @model_validator(mode="after")
+    def _fits(self) -> Config:
+        if self.train.seq_len > self.model.max_seq_len:
+            raise ValueError(f"train.seq_len {self.train.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}")
+        trained = len(self.trained_sources)
+        if self.train.sources_per_round > trained:
+            raise ValueError(f"train.sources_per_round {self.train.sources_per_round} exceeds the {trained} trained sources")
+        return self
+
+    @property
+    def trained_sources(self) -> list[SourceConfig]:
+        return [s for s in self.data.sources if not s.unseen]
+
+    @property
+    def sources_per_round(self) -> int:
+        return self.train.sources_per_round or len(self.trained_sources)
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def data_dir(self) -> Path:
+        return self.resolve(self.data.dir)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.resolve(self.run.dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def training_fingerprint(self) -> str:
+        """Hash of everything that shapes the training trajectory (a resumed run must match it)."""
+        d = self.to_dict()
+        d.pop("run", None)
+        d["train"] = {k: v for k, v in d["train"].items() if k not in ("checkpoint_every", "keep_checkpoints",
+                                                                       "device", "threads")}
+        d.pop("eval", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key.path=value")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node: Any = tree
+        for i, k in enumerate(keys[:-1]):
+            if isinstance(node, list) and k.isdigit() and int(k) < len(node):
+                node = node[int(k)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{'.'.join(keys[:i])}' is not a section")
+            node = node.setdefault(k, {})
+        last = keys[-1]
+        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"override '{text}': '{'.'.join(keys[:-1])}' is not a section")
+    return tree
+
+
+def _format_validation_error(err: ValidationError, where: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "missing required key"
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{where}: {loc}: {msg}{more}"
+
+
+def config_from_dict(tree: dict[str, Any], where: str, base_dir: str | Path = ".") -> Config:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: the config must be a mapping of sections")
+    try:
+        return Config.model_validate({**tree, "base_dir": str(base_dir)})
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, where)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    tree = apply_overrides(tree, overrides or [])
+    tree.pop("base_dir", None)
+    return config_from_dict(tree, str(path), base_dir=path.parent.resolve())
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config with absolute paths, so it loads the same from anywhere."""
+    d = cfg.to_dict()
+    d["run"]["dir"] = str(cfg.run_dir.resolve())
+    d["data"]["dir"] = str(cfg.data_dir.resolve())
+    for src in d["data"]["sources"]:
+        src["files"] = [str(cfg.resolve(f)) for f in src["files"]]
+        if src.get("hf_dataset"):
+            src["hf_dataset"] = str(cfg.resolve(src["hf_dataset"]))
+    write_text_atomic(path, yaml.safe_dump(d, sort_keys=False, allow_unicode=True))
+
+
+def load_saved_config(path: Path) -> Config:
+    """A config written by `save_config` inside a run folder (paths are absolute there)."""
+    tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return config_from_dict(tree, str(path), base_dir=path.parent)

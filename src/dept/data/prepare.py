@@ -1,0 +1,157 @@
+"""`dept prepare`: read sources, split, train tokenizers, encode packed shards; skip what has not changed.
+
+Reading runs in a process pool (one source per process); tokenizer training and `encode_batch` run on all
+cores inside HF `tokenizers`. A source is redone only when its inputs (paths, sizes, mtimes), its settings or the
+global tokenizer change. Each source folder is written to a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dept.atomic_io import publish_dir, write_json_atomic, write_text_atomic
+from dept.config import Config, SourceConfig
+from dept.data.documents import SplitDocuments, input_signature, read_source
+from dept.data.prepared import GLOBAL, OWN
+from dept.data.tokenizer import (
+    EOS_ID,
+    balanced_mixture,
+    capped,
+    encode_stream,
+    load_tokenizer,
+    train_tokenizer,
+)
+
+
+@dataclass
+class PrepareReport:
+    prepared: list[str]
+    skipped: list[str]
+    encoded_bytes: int
+    encode_s: float
+    total_s: float
+
+    @property
+    def encode_mb_per_s(self) -> float:
+        return self.encoded_bytes / 1e6 / self.encode_s if self.encode_s > 0 else 0.0
+
+
+def _hash(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_one(args: tuple[SourceConfig, str, float, int]) -> SplitDocuments:
+    source, base_dir, val_fraction, min_doc_chars = args
+    return read_source(source, Path(base_dir), val_fraction, min_doc_chars)
+
+
+def _read_sources(cfg: Config, sources: list[SourceConfig], workers: int) -> dict[str, SplitDocuments]:
+    args = [(s, cfg.base_dir, cfg.data.val_fraction, cfg.data.min_doc_chars) for s in sources]
+    if workers <= 1 or len(sources) <= 1:
+        return {s.name: _read_one(a) for s, a in zip(sources, args, strict=True)}
+    with ProcessPoolExecutor(max_workers=min(workers, len(sources))) as pool:
+        return {s.name: docs for s, docs in zip(sources, pool.map(_read_one, args), strict=True)}
+
+
+def _write_source(cfg: Config, source: SourceConfig, docs: SplitDocuments, fingerprint: str,
+                  global_tok_path: Path, out_dir: Path, log) -> tuple[int, float]:
+    tok_cfg = cfg.data.tokenizer.per_source
+    vocab = source.vocab_size or tok_cfg.vocab_size
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / GLOBAL).mkdir(parents=True)
+    (tmp / OWN).mkdir(parents=True)
+    own_tok = train_tokenizer(capped(docs.train or docs.val, tok_cfg.sample_chars), tok_cfg.kind, vocab)
+    own_tok.save(str(tmp / "tokenizer.json"))
+    global_tok = load_tokenizer(global_tok_path)
+    meta: dict = {"name": source.name, "unseen": source.unseen, "language": source.language,
+                  "domain": source.domain, "fingerprint": fingerprint, "dtype": {}, "vocab_size": {},
+                  "splits": {}}
+    encoded_bytes, encode_s = 0, 0.0
+    for split, split_docs in (("train", docs.train), ("val", docs.val)):
+        n_bytes = sum(len(d.encode("utf-8")) for d in split_docs)
+        info = {"documents": len(split_docs), "bytes": n_bytes, "chars": sum(len(d) for d in split_docs),
+                "tokens": {}}
+        for name, tok in ((GLOBAL, global_tok), (OWN, own_tok)):
+            t0 = time.perf_counter()
+            ids = encode_stream(tok, split_docs)
+            encode_s += time.perf_counter() - t0
+            encoded_bytes += n_bytes
+            ids.tofile(tmp / name / f"{split}.bin")
+            info["tokens"][name] = int(ids.size)
+            meta["dtype"][name] = ids.dtype.name
+            meta["vocab_size"][name] = tok.get_vocab_size()
+            if name == GLOBAL and split == "train":
+                trim = np.union1d(np.unique(ids).astype(np.int64), np.array([EOS_ID]))
+                np.save(tmp / "trim_vocab.npy", trim)
+                meta["trim_vocab_size"] = int(trim.size)
+        meta["splits"][split] = info
+    write_json_atomic(tmp / "meta.json", meta)
+    publish_dir(tmp, out_dir)
+    tr = meta["splits"]["train"]
+    log(f"  {source.name}: {tr['documents']} train / {meta['splits']['val']['documents']} val documents, "
+        f"{tr['bytes'] / 1e6:.2f} MB, {tr['tokens'][GLOBAL]} global / {tr['tokens'][OWN]} own tokens "
+        f"(own vocabulary {meta['vocab_size'][OWN]})")
+    return encoded_bytes, encode_s
+
+
+def prepare(cfg: Config, log=print, force: bool = False) -> PrepareReport:
+    t_start = time.perf_counter()
+    out = cfg.data_dir
+    out.mkdir(parents=True, exist_ok=True)
+    base = Path(cfg.base_dir)
+    workers = cfg.data.workers or os.cpu_count() or 1
+    split_settings = {"val_fraction": cfg.data.val_fraction, "min_doc_chars": cfg.data.min_doc_chars}
+    signatures = {s.name: _hash([s.model_dump(mode="json"), input_signature(s, base), split_settings])
+                  for s in cfg.data.sources}
+    trained = cfg.trained_sources
+    global_cfg = cfg.data.tokenizer.global_
+    global_fp = _hash([global_cfg.model_dump(mode="json"), [signatures[s.name] for s in trained], cfg.run.seed])
+    global_path = out / "global_tokenizer.json"
+    old_manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
+
+    source_fps = {s.name: _hash([signatures[s.name], cfg.data.tokenizer.per_source.model_dump(mode="json"),
+                                 global_fp]) for s in cfg.data.sources}
+
+    def up_to_date(name: str) -> bool:
+        meta = out / "sources" / name / "meta.json"
+        return (not force and meta.is_file()
+                and json.loads(meta.read_text()).get("fingerprint") == source_fps[name])
+
+    redo_global = force or old_manifest.get("global_fingerprint") != global_fp or not global_path.is_file()
+    todo = [s for s in cfg.data.sources if redo_global or not up_to_date(s.name)]
+    to_read = trained if redo_global else todo
+    to_read = list({s.name: s for s in to_read + todo}.values())
+    log(f"reading {len(to_read)} source(s) with {min(workers, max(1, len(to_read)))} process(es)")
+    docs = _read_sources(cfg, to_read, workers)
+
+    if redo_global:
+        log(f"training the global {global_cfg.kind.value} tokenizer ({global_cfg.vocab_size} tokens, "
+            f"temperature {global_cfg.temperature})")
+        mixture = balanced_mixture([docs[s.name].train for s in trained], global_cfg.sample_chars,
+                                   global_cfg.temperature, cfg.run.seed)
+        tok = train_tokenizer(mixture, global_cfg.kind, global_cfg.vocab_size)
+        write_text_atomic(global_path, tok.to_str())
+
+    encoded_bytes, encode_s = 0, 0.0
+    for s in todo:
+        b, t = _write_source(cfg, s, docs[s.name], source_fps[s.name], global_path, out / "sources" / s.name, log)
+        encoded_bytes += b
+        encode_s += t
+    skipped = [s.name for s in cfg.data.sources if s not in todo]
+    for name in skipped:
+        log(f"  {name}: unchanged, skipped")
+    manifest = {"sources": [s.name for s in cfg.data.sources], "global_fingerprint": global_fp,
+                "global_vocab_size": load_tokenizer(global_path).get_vocab_size(),
+                "source_fingerprints": source_fps}
+    write_json_atomic(out / "manifest.json", manifest)
+    return PrepareReport([s.name for s in todo], skipped, encoded_bytes, encode_s, time.perf_counter() - t_start)

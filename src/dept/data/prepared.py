@@ -1,0 +1,91 @@
+"""The on-disk layout of prepared data, and read access to it.
+
+```
+DATA_DIR/manifest.json                       sources, global tokenizer, fingerprints
+DATA_DIR/global_tokenizer.json
+DATA_DIR/sources/NAME/meta.json              documents, UTF-8 bytes and tokens per split and tokenizer
+DATA_DIR/sources/NAME/tokenizer.json         the source's own tokenizer (SPEC-OPT)
+DATA_DIR/sources/NAME/{global,own}/{train,val}.bin   packed token ids (uint16 when the vocabulary allows)
+DATA_DIR/sources/NAME/trim_vocab.npy         TRIM: sorted global ids that occur in the source's train split
+```
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from dept.data.tokenizer import load_tokenizer, token_byte_lengths
+from dept.errors import DataError
+
+GLOBAL = "global"
+OWN = "own"
+
+
+@dataclass(frozen=True)
+class PreparedSource:
+    name: str
+    root: Path
+    meta: dict
+
+    @property
+    def unseen(self) -> bool:
+        return bool(self.meta["unseen"])
+
+    def vocab_size(self, vocab: str) -> int:
+        return int(self.meta["vocab_size"][vocab])
+
+    def tokens(self, vocab: str, split: str) -> np.ndarray:
+        dtype = np.dtype(self.meta["dtype"][vocab])
+        path = self.root / vocab / f"{split}.bin"
+        if not path.is_file():
+            raise DataError(f"prepared data is missing {path}: run `dept prepare` again")
+        return np.memmap(path, dtype=dtype, mode="r")
+
+    def n_tokens(self, vocab: str, split: str) -> int:
+        return int(self.meta["splits"][split]["tokens"][vocab])
+
+    def trim_vocab(self) -> np.ndarray:
+        return np.load(self.root / "trim_vocab.npy")
+
+    def own_tokenizer_path(self) -> Path:
+        return self.root / "tokenizer.json"
+
+
+class PreparedData:
+    """Read-only view of a prepared data folder."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        path = self.root / "manifest.json"
+        if not path.is_file():
+            raise DataError(f"no prepared data in {self.root}: run `dept prepare CONFIG` first")
+        self.manifest = json.loads(path.read_text())
+        self.sources: dict[str, PreparedSource] = {}
+        for name in self.manifest["sources"]:
+            src_root = self.root / "sources" / name
+            self.sources[name] = PreparedSource(name, src_root, json.loads((src_root / "meta.json").read_text()))
+
+    @property
+    def global_tokenizer_path(self) -> Path:
+        return self.root / "global_tokenizer.json"
+
+    @property
+    def global_vocab_size(self) -> int:
+        return int(self.manifest["global_vocab_size"])
+
+    @cached_property
+    def global_byte_lengths(self) -> np.ndarray:
+        return token_byte_lengths(load_tokenizer(self.global_tokenizer_path))
+
+    def own_byte_lengths(self, name: str) -> np.ndarray:
+        return token_byte_lengths(load_tokenizer(self.sources[name].own_tokenizer_path()))
+
+    def source(self, name: str) -> PreparedSource:
+        if name not in self.sources:
+            raise DataError(f"source '{name}' is not in the prepared data {self.root}: run `dept prepare` again")
+        return self.sources[name]

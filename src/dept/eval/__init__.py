@@ -1,0 +1,1 @@
+"""Evaluation (per-source loss, perplexity, bits per byte) and communication/memory accounting."""

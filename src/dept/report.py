@@ -1,0 +1,70 @@
+"""Results tables: one run (per source) and several runs side by side (per source × variant)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rich.table import Table
+
+from dept.errors import CheckpointError
+
+
+def load_results(run_dir: Path) -> dict:
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: no results.json (the run has not finished)")
+    return json.loads(path.read_text())
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def run_table(results: dict, title: str = "") -> Table:
+    table = Table(title=title or f"{results['variant']}: validation")
+    for col in ("source", "loss", "perplexity", "bits/byte", "tokens", "bytes", "vocab", "note"):
+        table.add_column(col, justify="left" if col in ("source", "note") else "right")
+    for r in results["results"]:
+        name = r["source"] + (" (unseen)" if r["unseen"] else "")
+        table.add_row(name, _fmt(r["loss"]), _fmt(r["perplexity"], 2), _fmt(r["bpb"]), str(r["tokens"]),
+                      str(r["bytes"]), str(r["vocab_size"]), r.get("note", ""))
+    table.add_row("mean (trained sources)", _fmt(results["mean_loss"]), "", _fmt(results["mean_bpb"]),
+                  "", "", "", "")
+    return table
+
+
+def comparison_rows(runs: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """Rows of per-source bits per byte, one column per variant, plus the means."""
+    variants = list(runs)
+    sources = [(r["source"], r["unseen"]) for r in next(iter(runs.values()))["results"]]
+    header = ["source"] + variants
+    rows = []
+    for name, unseen in sources:
+        row = [name + (" (unseen)" if unseen else "")]
+        for v in variants:
+            match = [r for r in runs[v]["results"] if r["source"] == name]
+            row.append(_fmt(match[0]["bpb"]) if match else "n/a")
+        rows.append(row)
+    rows.append(["mean (trained sources)"] + [_fmt(runs[v]["mean_bpb"]) for v in variants])
+    if any("mean_bpb_unseen" in runs[v] for v in variants):
+        rows.append(["mean (unseen sources)"] + [_fmt(runs[v].get("mean_bpb_unseen")) for v in variants])
+    return header, rows
+
+
+def comparison_table(runs: dict[str, dict]) -> Table:
+    header, rows = comparison_rows(runs)
+    table = Table(title="validation bits per byte (lower is better)")
+    for i, col in enumerate(header):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def comparison_markdown(runs: dict[str, dict]) -> str:
+    header, rows = comparison_rows(runs)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
