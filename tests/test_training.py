@@ -1,0 +1,197 @@
+"""The round loop end to end on a tiny prepared corpus: the method's invariants, not merely that it runs."""
+
+import json
+
+import pytest
+import torch
+
+from dept.algorithm.source_store import SourceStore
+from dept.algorithm.variants import EmbeddingRule, spec_of
+from dept.checkpoint import latest_checkpoint, load_checkpoint
+from dept.config import Variant
+from dept.engines.local import LocalEngine
+from dept.errors import CheckpointError
+from dept.eval.comms import body_parameters_of, comms_row
+from dept.training import Trainer
+
+
+def metrics(cfg, event="round"):
+    lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == event]
+
+
+@pytest.mark.parametrize("variant", ["spec", "spec_opt"])
+def test_spec_embedding_changes_only_in_rounds_where_sampled(tiny, variant):
+    cfg = tiny(variant=variant, rounds=4, sources_per_round=1)
+    trainer = Trainer(cfg, log=lambda *_: None)
+    store = SourceStore(cfg.run_dir / "sources")
+    snapshots = []
+    original = trainer.engine.run_round
+
+    def spy(plan, shared):
+        updates = original(plan, shared)
+        tables = {}
+        for s in cfg.trained_sources:
+            state = store.load(s.name, plan.round + 1)
+            tables[s.name] = None if state is None else state.embedding["tokens"].clone()
+        snapshots.append((plan.sources, tables))
+        assert all(u.embedding is None for u in updates), "SPEC must not send embeddings"
+        return updates
+
+    trainer.engine.run_round = spy
+    cfg.train.keep_checkpoints = 10
+    trainer.train()
+    previous = {s.name: None for s in cfg.trained_sources}
+    sampled_any = set()
+    for sampled, tables in snapshots:
+        for name, table in tables.items():
+            if name in sampled:
+                assert table is not None and (previous[name] is None or not torch.equal(table, previous[name]))
+                sampled_any.add(name)
+            else:
+                assert (table is None and previous[name] is None) or torch.equal(table, previous[name])
+        previous = tables
+    assert len(sampled_any) >= 2
+
+
+@pytest.mark.parametrize("variant", ["glob", "trim", "spec", "spec_opt", "std"])
+def test_counted_bytes_equal_the_formula(tiny, variant):
+    cfg = tiny(variant=variant, rounds=1)
+    trainer = Trainer(cfg, log=lambda *_: None)
+    trainer.train()
+    record = metrics(cfg)[0]
+    body = body_parameters_of(cfg.model)
+    d = cfg.model.d_model
+    for name in record["sources"]:
+        trim_rows = None if variant != "trim" else int(trainer.data.source(name).trim_vocab().size)
+        row = comms_row(Variant(variant), body, d, trainer.data.global_vocab_size, 1, trim_rows=trim_rows)
+        if variant == "std":  # the mixture worker moves the whole model once per round in this engine
+            assert record["bytes_down"][name] == row.std_params_per_round * 4
+        else:
+            assert record["bytes_down"][name] == row.bytes_down
+            assert record["bytes_up"][name] == row.bytes_up
+        assert record["std_bytes_per_source"] == cfg.train.local_steps * row.std_params_per_round * 4
+
+
+def test_trim_worker_holds_only_its_rows(tiny):
+    cfg = tiny(variant="trim", rounds=1)
+    trainer = Trainer(cfg, log=lambda *_: None)
+    trainer.train()
+    record = metrics(cfg)[0]
+    for name in record["sources"]:
+        rows = trainer.data.source(name).trim_vocab().size
+        assert rows < trainer.data.global_vocab_size
+        assert record["embedding_params_held"][name] == rows * cfg.model.d_model
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_resumed_run_equals_uninterrupted(tiny, tmp_path):
+    for variant in ("spec_opt", "trim", "std"):
+        straight = tiny(variant=variant, rounds=4, overrides={"run.dir": str(tmp_path / f"a_{variant}")})
+        Trainer(straight, log=lambda *_: None).train()
+
+        stopped = tiny(variant=variant, rounds=4, overrides={"run.dir": str(tmp_path / f"b_{variant}")})
+        trainer = Trainer(stopped, log=lambda *_: None)
+        inner = trainer.engine.run_round
+        calls = []
+
+        def crash_in_round_3(plan, shared):
+            calls.append(plan.round)
+            if plan.round == 2:
+                inner(plan, shared)  # the round's source states are written, then the process dies
+                raise Crash
+            return inner(plan, shared)
+
+        trainer.engine.run_round = crash_in_round_3
+        with pytest.raises(Crash):
+            trainer.train()
+        Trainer(stopped, log=lambda *_: None).train(resume=True)
+
+        a = [(r["round"], r["train_loss"]) for r in metrics(straight)]
+        b = [(r["round"], r["train_loss"]) for r in metrics(stopped)]
+        assert a == b, variant
+        sa, _ = load_checkpoint(latest_checkpoint(straight.run_dir))
+        sb, _ = load_checkpoint(latest_checkpoint(stopped.run_dir))
+        for k in sa.body:
+            assert torch.equal(sa.body[k], sb.body[k])
+        assert json.loads((straight.run_dir / "results.json").read_text()) == \
+            json.loads((stopped.run_dir / "results.json").read_text())
+
+
+def test_resume_with_another_config_is_refused(tiny):
+    cfg = tiny(variant="spec", rounds=1)
+    Trainer(cfg, log=lambda *_: None).train()
+    other = tiny(variant="spec", rounds=1, overrides={"train.inner.lr": 0.1})
+    with pytest.raises(CheckpointError, match="another config"):
+        Trainer(other, log=lambda *_: None).train(resume=True)
+
+
+def test_new_run_refuses_a_used_folder(tiny):
+    cfg = tiny(variant="spec", rounds=1)
+    Trainer(cfg, log=lambda *_: None).train()
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        Trainer(cfg, log=lambda *_: None).train()
+
+
+def test_corrupt_checkpoint_is_detected(tiny):
+    cfg = tiny(variant="glob", rounds=1)
+    Trainer(cfg, log=lambda *_: None).train()
+    ckpt = latest_checkpoint(cfg.run_dir)
+    data = bytearray((ckpt / "body.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (ckpt / "body.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize("variant", ["glob", "trim", "spec", "spec_opt", "std"])
+def test_every_variant_lowers_the_training_loss(tiny, variant):
+    cfg = tiny(variant=variant, rounds=3, local_steps=8, sources_per_round=3,
+               overrides={"train.inner.lr": 3e-3})
+    Trainer(cfg, log=lambda *_: None).train()
+    rounds = metrics(cfg)
+    first = sum(rounds[0]["train_loss"].values()) / len(rounds[0]["train_loss"])
+    last = sum(rounds[-1]["train_loss"].values()) / len(rounds[-1]["train_loss"])
+    assert last < first
+
+
+def test_spec_opt_evaluates_with_each_sources_own_vocabulary(tiny):
+    cfg = tiny(variant="spec_opt", rounds=1, sources_per_round=3)
+    results = Trainer(cfg, log=lambda *_: None).train()
+    from dept.data.prepared import PreparedData
+
+    data = PreparedData(cfg.data_dir)
+    for r in results:
+        assert r["vocab_size"] == data.source(r["source"]).vocab_size("own")
+        assert r["bytes"] > 0 and r["tokens"] > 0
+
+
+def test_act_resets_embeddings_at_its_interval(tiny):
+    cfg = tiny(variant="act", rounds=2, local_steps=2, overrides={"train.act_reset_every": 2})
+    trainer = Trainer(cfg, log=lambda *_: None)
+    assert spec_of(cfg.train.variant).resets_embedding
+    worker = trainer.engine.worker
+    resets = []
+    original = worker._forget_embedding
+    worker._forget_embedding = lambda emb, opt, step: (resets.append(step), original(emb, opt, step))
+    trainer.train()
+    assert resets == [2]
+
+
+def test_engine_protocol_is_the_only_seam(tiny):
+    """A custom engine (as torchrun/Flower will be) drives the same loop."""
+    cfg = tiny(variant="spec", rounds=1)
+    trainer = Trainer(cfg, log=lambda *_: None)
+    seen = []
+
+    class Recording(LocalEngine):
+        def run_round(self, plan, shared):
+            seen.append(plan.sources)
+            return super().run_round(plan, shared)
+
+    trainer.engine = Recording(trainer.engine.worker)
+    trainer.train()
+    assert seen and spec_of(Variant.SPEC).embedding == EmbeddingRule.LOCAL
