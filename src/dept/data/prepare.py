@@ -64,10 +64,18 @@ def _read_sources(cfg: Config, sources: list[SourceConfig], workers: int) -> dic
 
 def _write_source(cfg: Config, source: SourceConfig, docs: SplitDocuments, fingerprint: str,
                   global_tok_path: Path, out_dir: Path, log) -> tuple[int, float]:
-    tok_cfg = cfg.data.tokenizer.per_source
-    vocab = source.vocab_size or tok_cfg.vocab_size
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        return _write_source_into(cfg, source, docs, fingerprint, global_tok_path, tmp, out_dir, log)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_source_into(cfg: Config, source: SourceConfig, docs: SplitDocuments, fingerprint: str,
+                       global_tok_path: Path, tmp: Path, out_dir: Path, log) -> tuple[int, float]:
+    tok_cfg = cfg.data.tokenizer.per_source
+    vocab = source.vocab_size or tok_cfg.vocab_size
     (tmp / GLOBAL).mkdir(parents=True)
     (tmp / OWN).mkdir(parents=True)
     own_tok = train_tokenizer(capped(docs.train or docs.val, tok_cfg.sample_chars), tok_cfg.kind, vocab)
@@ -107,7 +115,6 @@ def _write_source(cfg: Config, source: SourceConfig, docs: SplitDocuments, finge
 def prepare(cfg: Config, log=print, force: bool = False) -> PrepareReport:
     t_start = time.perf_counter()
     out = cfg.data_dir
-    out.mkdir(parents=True, exist_ok=True)
     base = Path(cfg.base_dir)
     workers = cfg.data.workers or os.cpu_count() or 1
     split_settings = {"val_fraction": cfg.data.val_fraction, "min_doc_chars": cfg.data.min_doc_chars}
@@ -132,7 +139,8 @@ def prepare(cfg: Config, log=print, force: bool = False) -> PrepareReport:
     to_read = trained if redo_global else todo
     to_read = list({s.name: s for s in to_read + todo}.values())
     log(f"reading {len(to_read)} source(s) with {min(workers, max(1, len(to_read)))} process(es)")
-    docs = _read_sources(cfg, to_read, workers)
+    docs = _read_sources(cfg, to_read, workers)  # every input error surfaces here, before anything is written
+    out.mkdir(parents=True, exist_ok=True)
 
     if redo_global:
         log(f"training the global {global_cfg.kind.value} tokenizer ({global_cfg.vocab_size} tokens, "

@@ -1,0 +1,29 @@
+"""Guards of the architecture: the algorithm knows no engine, and the dependencies point one way."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "dept"
+
+
+def test_algorithm_imports_no_engine():
+    code = ("import sys, dept.algorithm.worker, dept.algorithm.aggregator, dept.algorithm.exchange; "
+            "bad = [m for m in ('flwr', 'torch.distributed.run', 'dept.engines', 'dept.cli') if m in sys.modules]; "
+            "print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_nothing_imports_the_cli():
+    for path in SRC.rglob("*.py"):
+        if path.name != "cli.py":
+            assert not re.search(r"^\s*(from|import)\s+dept\.cli", path.read_text(), flags=re.M), path
+
+
+def test_algorithm_does_not_import_engines_or_training():
+    for path in (SRC / "algorithm").rglob("*.py"):
+        imports = re.findall(r"^\s*(?:from|import)\s+([\w.]+)", path.read_text(), flags=re.M)
+        for forbidden in ("dept.engines", "dept.training", "torch.distributed", "flwr"):
+            assert not any(m.startswith(forbidden) for m in imports), f"{path.name} imports {forbidden}"

@@ -1,0 +1,106 @@
+"""The command line: bad input gives one line on stderr, a non-zero exit, and nothing half-written."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_tree, write_corpus
+
+ENV = {**os.environ, "COLUMNS": "200"}
+
+
+def dept(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "dept.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=ENV, timeout=300)
+
+
+def write_config(path: Path, tree: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_unknown_key(tmp_path):
+    tree = tiny_tree(tmp_path)
+    tree["train"]["roundz"] = 3
+    proc = dept("prepare", write_config(tmp_path / "c.yaml", tree))
+    assert_one_line_error(proc, "c.yaml", "train.roundz: unknown key")
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_non_utf8_source_leaves_nothing_behind(tmp_path):
+    write_corpus(tmp_path / "corpus", docs_per_source=5)
+    with open(tmp_path / "corpus" / "fr.jsonl", "ab") as f:
+        f.write(b'{"text": "caf\xe9"}\n')
+    proc = dept("prepare", write_config(tmp_path / "c.yaml", tiny_tree(tmp_path)))
+    assert_one_line_error(proc, "fr.jsonl:6", "not valid UTF-8")
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_missing_files(tmp_path):
+    proc = dept("prepare", write_config(tmp_path / "c.yaml", tiny_tree(tmp_path)))
+    assert_one_line_error(proc, "source 'en'", "no file matches")
+
+
+def test_train_before_prepare(tmp_path):
+    proc = dept("train", write_config(tmp_path / "c.yaml", tiny_tree(tmp_path)))
+    assert_one_line_error(proc, "no prepared data", "dept prepare")
+    assert not (tmp_path / "run").exists()
+
+
+def test_too_little_text_for_one_batch(prepared_root, tmp_path):
+    tree = tiny_tree(prepared_root)
+    tree["run"]["dir"] = str(tmp_path / "run")
+    tree["train"]["batch_size"] = 100_000
+    proc = dept("train", write_config(tmp_path / "c.yaml", tree))
+    assert_one_line_error(proc, "too little text for one batch")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_resume_and_eval(prepared_root, tmp_path):
+    tree = tiny_tree(prepared_root)
+    tree["run"]["dir"] = str(tmp_path / "run")
+    tree["train"].update(rounds=2, variant="trim")
+    cfg = write_config(tmp_path / "c.yaml", tree)
+    proc = dept("train", cfg)
+    assert proc.returncode == 0, proc.stderr
+    assert "bits/byte" in proc.stdout and "ru (unseen)" in proc.stdout
+    again = dept("train", cfg)
+    assert_one_line_error(again, "already holds a run")
+    other = dept("train", "--resume", tmp_path / "run", "train.inner.lr=0.5")
+    assert_one_line_error(other, "another config")
+    done = dept("train", "--resume", tmp_path / "run")  # already finished: re-evaluates, same results
+    assert done.returncode == 0, done.stderr
+    ev = dept("eval", tmp_path / "run")
+    assert ev.returncode == 0, ev.stderr
+    a = json.loads((tmp_path / "run" / "results.json").read_text())
+    b = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert [r["bpb"] for r in a["results"]] == pytest.approx([r["bpb"] for r in b["results"]])
+
+
+def test_comms_shows_the_papers_714x():
+    proc = dept("comms", "--preset", "paper-mc4-1.7b")
+    assert proc.returncode == 0, proc.stderr
+    spec_rows = [line for line in proc.stdout.splitlines() if line.strip("│ ").startswith("SPEC")]
+    assert spec_rows and all("714×" in row for row in spec_rows)
+
+
+def test_help_lists_every_command():
+    out = dept("--help").stdout
+    for command in ("prepare", "train", "eval", "compare", "comms", "settings"):
+        assert command in out
+    assert "train.inner.lr" in dept("settings").stdout
