@@ -23,7 +23,7 @@ from dept.errors import DeptError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Pre-train language models with Decoupled Embeddings (DEPT) on many heterogeneous sources.")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 150)
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="Settings to override, as key.path=value "
                                                             "(e.g. train.rounds=20 model.d_model=512)")]

@@ -68,7 +68,7 @@ class GlobalTokenizerConfig(Strict):
 
 
 class PerSourceTokenizerConfig(Strict):
-    kind: TokenizerKind = Field(TokenizerKind.UNIGRAM, description="bpe or unigram")
+    kind: TokenizerKind = Field(TokenizerKind.BPE, description="bpe or unigram")
     vocab_size: int = Field(4096, ge=300, le=1 << 20, description="Default vocabulary size of each source")
     sample_chars: int = Field(10_000_000, ge=1000, description="Max characters of a source to train on")
 
@@ -201,7 +201,7 @@ class Config(Strict):
 
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()
-        return p if p.is_absolute() else Path(self.base_dir) / p
+        return (p if p.is_absolute() else Path(self.base_dir) / p).resolve()
 
     @property
     def data_dir(self) -> Path:
