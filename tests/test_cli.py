@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_tree, write_corpus
 
 ENV = {**os.environ, "COLUMNS": "200"}

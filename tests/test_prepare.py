@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_config, write_corpus
 
 from dept.config import SourceConfig
 from dept.data.documents import is_validation, read_source
@@ -11,8 +12,6 @@ from dept.data.prepare import prepare
 from dept.data.prepared import PreparedData
 from dept.data.tokenizer import load_tokenizer
 from dept.errors import DataError
-
-from conftest import make_config, write_corpus
 
 
 def test_prepared_meta_counts_and_trim_vocab(prepared_root):

@@ -88,37 +88,37 @@ class Crash(RuntimeError):
     pass
 
 
-def test_resumed_run_equals_uninterrupted(tiny, tmp_path):
-    for variant in ("spec_opt", "trim", "std"):
-        straight = tiny(variant=variant, rounds=4, overrides={"run.dir": str(tmp_path / f"a_{variant}")})
-        Trainer(straight, log=lambda *_: None).train()
+@pytest.mark.parametrize("variant,every,crash_round", [("spec_opt", 1, 2), ("trim", 1, 2), ("std", 1, 2),
+                                                       ("spec", 2, 3), ("glob", 3, 2)])
+def test_resumed_run_equals_uninterrupted(tiny, tmp_path, variant, every, crash_round):
+    settings = {"train.checkpoint_every": every, "train.outer.kind": "nesterov"}
+    straight = tiny(variant=variant, rounds=4, overrides={"run.dir": str(tmp_path / "a"), **settings})
+    Trainer(straight, log=lambda *_: None).train()
 
-        stopped = tiny(variant=variant, rounds=4, overrides={"run.dir": str(tmp_path / f"b_{variant}")})
-        trainer = Trainer(stopped, log=lambda *_: None)
-        inner = trainer.engine.run_round
-        calls = []
+    stopped = tiny(variant=variant, rounds=4, overrides={"run.dir": str(tmp_path / "b"), **settings})
+    trainer = Trainer(stopped, log=lambda *_: None)
+    inner = trainer.engine.run_round
 
-        def crash_in_round_3(plan, shared):
-            calls.append(plan.round)
-            if plan.round == 2:
-                inner(plan, shared)  # the round's source states are written, then the process dies
-                raise Crash
-            return inner(plan, shared)
+    def crash_in_round_3(plan, shared):
+        if plan.round == crash_round:
+            inner(plan, shared)  # the round's source states are written, then the process dies
+            raise Crash
+        return inner(plan, shared)
 
-        trainer.engine.run_round = crash_in_round_3
-        with pytest.raises(Crash):
-            trainer.train()
-        Trainer(stopped, log=lambda *_: None).train(resume=True)
+    trainer.engine.run_round = crash_in_round_3
+    with pytest.raises(Crash):
+        trainer.train()
+    Trainer(stopped, log=lambda *_: None).train(resume=True)
 
-        a = [(r["round"], r["train_loss"]) for r in metrics(straight)]
-        b = [(r["round"], r["train_loss"]) for r in metrics(stopped)]
-        assert a == b, variant
-        sa, _ = load_checkpoint(latest_checkpoint(straight.run_dir))
-        sb, _ = load_checkpoint(latest_checkpoint(stopped.run_dir))
-        for k in sa.body:
-            assert torch.equal(sa.body[k], sb.body[k])
-        assert json.loads((straight.run_dir / "results.json").read_text()) == \
-            json.loads((stopped.run_dir / "results.json").read_text())
+    a = [(r["round"], r["train_loss"]) for r in metrics(straight)]
+    b = [(r["round"], r["train_loss"]) for r in metrics(stopped)]
+    assert a == b, variant
+    sa, _ = load_checkpoint(latest_checkpoint(straight.run_dir))
+    sb, _ = load_checkpoint(latest_checkpoint(stopped.run_dir))
+    for k in sa.body:
+        assert torch.equal(sa.body[k], sb.body[k])
+    assert json.loads((straight.run_dir / "results.json").read_text()) == \
+        json.loads((stopped.run_dir / "results.json").read_text())
 
 
 def test_resume_with_another_config_is_refused(tiny):

@@ -51,7 +51,8 @@ class SourceConfig(Strict):
     language: str | None = Field(None, description="Optional language tag (e.g. en)")
     domain: str | None = Field(None, description="Optional domain tag (e.g. code, law)")
     unseen: bool = Field(False, description="Evaluate only: never trained on")
-    vocab_size: int | None = Field(None, ge=300, description="SPEC-OPT vocabulary of this source (default: tokenizer.per_source)")
+    vocab_size: int | None = Field(None, ge=300,
+                                   description="SPEC-OPT vocabulary of this source (default: tokenizer.per_source)")
 
     @model_validator(mode="after")
     def _has_input(self) -> SourceConfig:
@@ -153,7 +154,8 @@ class TrainConfig(Strict):
     outer: OuterOptConfig = Field(default_factory=OuterOptConfig)
     std_temperature: float = Field(0.3, ge=0, le=1, description="STD/ACT: p_k ∝ tokens_k^τ")
     std_batch_size: int = Field(0, ge=0, description="STD/ACT batch (0 = batch_size × sources_per_round)")
-    act_reset_every: int = Field(0, ge=0, description="ACT: re-initialise embeddings every this many steps (0 = local_steps)")
+    act_reset_every: int = Field(0, ge=0,
+                                 description="ACT: re-initialise embeddings every this many steps (0 = local_steps)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     precision: str = Field("fp32", pattern="^(fp32|bf16)$", description="bf16 = autocast on CUDA/CPU")
     checkpoint_every: int = Field(1, ge=1, description="Checkpoint every this many rounds")
@@ -188,7 +190,8 @@ class Config(Strict):
             raise ValueError(f"train.seq_len {self.train.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}")
         trained = len(self.trained_sources)
         if self.train.sources_per_round > trained:
-            raise ValueError(f"train.sources_per_round {self.train.sources_per_round} exceeds the {trained} trained sources")
+            raise ValueError(f"train.sources_per_round {self.train.sources_per_round} exceeds the {trained} "
+                             "trained sources")
         return self
 
     @property

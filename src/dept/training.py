@@ -25,7 +25,13 @@ from dept.algorithm.types import RoundPlan, SharedState, WorkerUpdate
 from dept.algorithm.variants import MIXTURE, EmbeddingRule, VariantSpec, spec_of
 from dept.algorithm.worker import Worker, resolve_device, seeded_generator
 from dept.atomic_io import write_json_atomic, write_text_atomic
-from dept.checkpoint import TrainerState, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from dept.checkpoint import (
+    TrainerState,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from dept.config import Config, load_saved_config, save_config
 from dept.data.prepared import GLOBAL, PreparedData
 from dept.data.stream import WindowStream
@@ -96,7 +102,7 @@ class Trainer:
         ckpt = latest_checkpoint(self.run_dir)
         if resume:
             if ckpt is None:
-                raise CheckpointError(f"{self.run_dir}: no checkpoint to resume from")
+                return self._restart_without_checkpoint(fingerprint)
             shared, state = load_checkpoint(ckpt, fingerprint)
             torch.set_rng_state(torch.tensor(state.rng_state, dtype=torch.uint8))
             self.store.discard_from(state.next_round)
@@ -109,6 +115,18 @@ class Trainer:
             raise CheckpointError(f"{self.run_dir} exists and is not empty: choose another run.dir")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
+        return initial_shared_state(self.cfg, self.spec, self.data.global_vocab_size), 0
+
+    def _restart_without_checkpoint(self, fingerprint: str) -> tuple[SharedState, int]:
+        """A run stopped before its first checkpoint starts again from round 0 (same config only)."""
+        saved = self.run_dir / "config.yaml"
+        if not saved.is_file():
+            raise CheckpointError(f"{self.run_dir}: no checkpoint to resume from")
+        if load_saved_config(saved).training_fingerprint() != fingerprint:
+            raise CheckpointError(f"{self.run_dir}: the run was started with another config")
+        self.store.discard_from(0)
+        self._truncate_metrics(0)
+        self.log(f"{self.run_dir}: no checkpoint yet, starting again from round 0")
         return initial_shared_state(self.cfg, self.spec, self.data.global_vocab_size), 0
 
     def _truncate_metrics(self, next_round: int) -> None:

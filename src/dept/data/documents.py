@@ -110,7 +110,9 @@ def _read_hf_dataset(source: SourceConfig, base_dir: Path) -> Iterator[str]:
         ds = ds[source.hf_split]
     if source.text_field not in ds.column_names:
         raise DataError(f"source '{source.name}': {path} has no column '{source.text_field}'")
-    for value in ds[source.text_field]:
+    for i, value in enumerate(ds[source.text_field]):
+        if not isinstance(value, str):
+            raise DataError(f"source '{source.name}': {path}: row {i}: '{source.text_field}' is not a string")
         yield value
 
 
