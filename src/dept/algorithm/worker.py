@@ -118,20 +118,21 @@ class Worker:
         cfg, tcfg = self.cfg, self.cfg.train
         source = SourceData(cfg, self.spec, self.data, name)
         state = self.store.load(name, plan.round)
-        body = Body(cfg.model)
+        with self.device:  # built where it trains: on a GPU the throw-away random init costs nothing
+            body = Body(cfg.model)
+            embedding = self.build_embedding(source, download, state)
         body.load_state_dict(download.body)
-        embedding = self.build_embedding(source, download, state)
-        lm = LanguageModel(body, embedding).to(self.device)
+        lm = LanguageModel(body, embedding)
         lm.train()
         inner = tcfg.inner
         optimizer = torch.optim.AdamW(list(lm.parameters()), lr=inner.lr, betas=inner.betas, eps=inner.eps,
-                                      weight_decay=inner.weight_decay)
+                                      weight_decay=inner.weight_decay, fused=self.device.type == "cuda" or None)
         if inner.keep_state and state is not None and state.optimizer is not None:
             optimizer.load_state_dict(state.optimizer)
         positions = state.streams if state else {}
         stream = source.stream(self._named_positions(source, positions), state.extra if state else {})
         reset_every = tcfg.act_reset_every or tcfg.local_steps
-        losses: list[float] = []
+        losses: list[torch.Tensor] = []  # read once per round: no device sync per step
         tokens = 0
         for i in range(plan.local_steps):
             step = plan.first_step + i
@@ -148,11 +149,12 @@ class Worker:
                 torch.nn.utils.clip_grad_norm_(lm.parameters(), inner.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            losses.append(loss.detach())
             tokens += batch.shape[0] * (batch.shape[1] - 1)
 
         self._save_state(name, plan, source, embedding, optimizer, stream, state)
-        return self._update(plan, name, lm, embedding, tokens, losses, time.perf_counter() - t0)
+        return self._update(plan, name, lm, embedding, tokens, torch.stack(losses).float().tolist(),
+                            time.perf_counter() - t0)
 
     def _named_positions(self, source: SourceData, stored: dict[str, StreamPosition]) -> dict[str, StreamPosition]:
         if source.name != MIXTURE:

@@ -16,6 +16,12 @@ from torch import nn
 from dept.config import ModelConfig
 
 
+@torch.no_grad()
+def init_normal(p: torch.Tensor, std: float, generator: torch.Generator) -> None:
+    """Draw on the CPU generator and copy: the same seed gives the same weights on every device."""
+    p.copy_(torch.empty(p.shape, dtype=torch.float32).normal_(0.0, std, generator=generator))
+
+
 def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # (T, hs/2)
@@ -41,7 +47,7 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).transpose(1, 3).unbind(2)  # (B, nh, T, hs)
         if rope is not None:
-            cos, sin = rope[0][:T], rope[1][:T]
+            cos, sin = rope[0][:T].to(q.dtype), rope[1][:T].to(q.dtype)  # keep bf16 under autocast
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
@@ -90,10 +96,10 @@ class Body(nn.Module):
         std = self.cfg.init_std
         for name, p in self.named_parameters():
             if p.dim() == 1:
-                nn.init.ones_(p)
+                nn.init.ones_(p)  # RMSNorm gains
             else:
                 scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("proj.weight", "down.weight")) else 1
-                nn.init.normal_(p, 0.0, std * scale, generator=generator)
+                init_normal(p, std * scale, generator)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         rope = (self.rope_cos, self.rope_sin) if self.rope_cos is not None else None

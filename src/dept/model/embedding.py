@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from dept.config import ModelConfig
+from dept.model.body import init_normal
 
 
 class SourceEmbedding(nn.Module):
@@ -27,9 +28,9 @@ class SourceEmbedding(nn.Module):
         return self.tokens.num_embeddings
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        nn.init.normal_(self.tokens.weight, 0.0, self.cfg.init_std, generator=generator)
+        init_normal(self.tokens.weight, self.cfg.init_std, generator)
         if self.positions is not None:
-            nn.init.normal_(self.positions.weight, 0.0, self.cfg.init_std, generator=generator)
+            init_normal(self.positions.weight, self.cfg.init_std, generator)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         h = self.tokens(ids)  # (B, T, C)
