@@ -167,8 +167,8 @@ class EvalConfig(Strict):
     every: int = Field(0, ge=0, description="Evaluate every E rounds (0 = only at the end)")
     max_tokens: int = Field(65536, ge=16, description="Validation tokens per source (cap)")
     batch_size: int = Field(16, ge=1)
-    unseen_adapt_steps: int = Field(0, ge=0, description="SPEC/SPEC-OPT unseen sources: embedding-only steps "
-                                    "on the source's train split before evaluating (frozen body)")
+    unseen_adapt_steps: int = Field(0, ge=0, description="Unseen sources: embedding-only steps on the source's "
+                                    "train split before evaluating (frozen body; every variant alike)")
 
 
 class RunConfig(Strict):

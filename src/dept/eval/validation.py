@@ -2,8 +2,10 @@
 
 GLOB, TRIM, STD and ACT own one global embedding: every source is evaluated with body + global table over the
 full global vocabulary. SPEC and SPEC-OPT evaluate each trained source with its own table (and, for SPEC-OPT, its
-own tokenizer). An unseen source has no table there: with `eval.unseen_adapt_steps` > 0 a fresh table is trained
-for that many steps around the frozen body (noted in the results), else the fresh seeded table is evaluated.
+own tokenizer). Unseen sources: with `eval.unseen_adapt_steps` > 0, every variant first trains the table it
+would use (the global one, or a fresh one in SPEC/SPEC-OPT, which have none) for that many steps around the
+frozen body on the source's train split, the same budget for all (noted in the results); with 0, the global
+table zero-shot, or the fresh seeded table.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from dept.algorithm.adapt import adapt_embedding
 from dept.algorithm.source_store import SourceStore
 from dept.algorithm.types import SharedState
-from dept.algorithm.variants import EmbeddingRule, VariantSpec
+from dept.algorithm.variants import VariantSpec
 from dept.algorithm.worker import autocast_context, seeded_generator
 from dept.config import Config
 from dept.data.prepared import GLOBAL, PreparedData
@@ -60,7 +62,7 @@ def evaluate_sources(cfg: Config, spec: VariantSpec, data: PreparedData, shared:
             if state is None and not src_cfg.unseen:
                 note = "never sampled"
         body = _body(cfg, shared)
-        if src_cfg.unseen and spec.embedding == EmbeddingRule.LOCAL and cfg.eval.unseen_adapt_steps > 0:
+        if src_cfg.unseen and cfg.eval.unseen_adapt_steps > 0:
             stream = WindowStream(src.tokens(vocab, "train"), cfg.train.seq_len, cfg.train.batch_size,
                                   cfg.run.seed, names.index(src_cfg.name), src_cfg.name)
             adapt_embedding(body, emb, stream, cfg.eval.unseen_adapt_steps, cfg.train.inner.lr, device)
