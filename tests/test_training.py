@@ -195,3 +195,24 @@ def test_engine_protocol_is_the_only_seam(tiny):
     trainer.engine = Recording(trainer.engine.worker)
     trainer.train()
     assert seen and spec_of(Variant.SPEC).embedding == EmbeddingRule.LOCAL
+
+
+def test_fedavg_round_sets_body_to_token_weighted_mean_of_local_bodies(tiny):
+    cfg = tiny(variant="spec_opt", rounds=1, sources_per_round=3)
+    trainer = Trainer(cfg, log=lambda *_: None)
+    captured = []
+    inner = trainer.engine.run_round
+
+    def spy(plan, shared):
+        updates = inner(plan, shared)
+        captured.extend(updates)
+        return updates
+
+    trainer.engine.run_round = spy
+    trainer.train()
+    shared, _ = load_checkpoint(latest_checkpoint(cfg.run_dir))
+    assert len(captured) == 3
+    total = sum(u.tokens for u in captured)
+    for name, value in shared.body.items():
+        expected = sum(u.body[name].double() * (u.tokens / total) for u in captured)
+        assert torch.allclose(value.double(), expected, atol=1e-6), name
