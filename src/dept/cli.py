@@ -37,8 +37,7 @@ def _log(msg: str) -> None:
 @app.command()
 def prepare(config: ConfigPath, overrides: Overrides = None,
             force: Annotated[bool, typer.Option(help="Redo every source even if unchanged")] = False) -> None:
-    """Read the sources, split train/validation by document hash, train the global and per-source tokenizers,
-    and write packed token shards (sources whose inputs and settings have not changed are skipped)."""
+    """Split the sources, train global and per-source tokenizers, write packed shards (unchanged sources skipped)."""
     from dept.config import load_config
     from dept.data.prepare import prepare as run_prepare
 
@@ -111,8 +110,7 @@ def compare(config: ConfigPath, overrides: Overrides = None,
             variants: Annotated[str, typer.Option(help="Comma-separated variants to train")] =
             "spec_opt,spec,trim,glob,std",
             ) -> None:
-    """Prepare the data, then train each variant into RUN_DIR/VARIANT (finished runs are reused, stopped ones
-    resumed) and print one table of per-source validation bits per byte."""
+    """Prepare, train each variant into RUN_DIR/VARIANT (finished runs reused), print one bits-per-byte table."""
     from dept.atomic_io import write_json_atomic, write_text_atomic
     from dept.checkpoint import latest_checkpoint
     from dept.config import Variant, load_config
@@ -155,8 +153,7 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
           local_steps: Annotated[int, typer.Option(help="Local steps N per round")] = 500,
           body_params: Annotated[int, typer.Option(help="Use this body size instead of computing it")] = 0,
           dtype_bytes: Annotated[int, typer.Option(help="Bytes per parameter sent")] = 4) -> None:
-    """Parameters and bytes each sampled source moves per round, per variant, against STD's per-step
-    all-reduce; the embedding parameters each worker holds."""
+    """Per-round communication of each variant against STD's per-step all-reduce, and embedding memory."""
     from dept.config import Variant, load_config
     from dept.eval.comms import PAPER_MC4_1B7, body_parameters, comms_row
 
@@ -222,7 +219,8 @@ def settings() -> None:
             if getattr(ann, "__args__", None) and hasattr(ann.__args__[0], "model_fields"):
                 walk(ann.__args__[0], key + "[].")
                 continue
-            default = "" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            default = "" if field.is_required() else field.get_default(call_default_factory=True)
+            default = repr(getattr(default, "value", default)) if default != "" else ""
             table.add_row(key, getattr(ann, "__name__", str(ann)).replace("typing.", ""), default,
                           field.description or "")
 

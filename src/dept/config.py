@@ -106,8 +106,8 @@ class ModelConfig(Strict):
     d_mlp: int = Field(0, ge=0, description="SwiGLU hidden size (0 = 8/3·d_model rounded to 64)")
     max_seq_len: int = Field(1024, ge=8, description="Longest sequence (RoPE table / learned positions)")
     positions: str = Field("rope", pattern="^(rope|learned)$", description="rope or learned")
-    rope_theta: float = Field(10000.0, gt=0)
-    norm_eps: float = Field(1e-5, gt=0)
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency")
+    norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon")
     init_std: float = Field(0.02, gt=0, description="Std of weight initialisation")
 
     @model_validator(mode="after")
@@ -127,11 +127,11 @@ class ModelConfig(Strict):
 
 class InnerOptConfig(Strict):
     lr: float = Field(6e-4, gt=0, description="Peak learning rate (AdamW)")
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     grad_clip: float = Field(1.0, ge=0, description="Max grad norm (0 = off)")
-    warmup_steps: int = Field(100, ge=0)
+    warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps (global sequential steps)")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decays to this fraction of the peak")
     keep_state: bool = Field(True, description="Keep a source's AdamW state between its rounds")
 
@@ -159,21 +159,21 @@ class TrainConfig(Strict):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     precision: str = Field("fp32", pattern="^(fp32|bf16)$", description="bf16 = autocast on CUDA/CPU")
     checkpoint_every: int = Field(1, ge=1, description="Checkpoint every this many rounds")
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept")
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores)")
 
 
 class EvalConfig(Strict):
     every: int = Field(0, ge=0, description="Evaluate every E rounds (0 = only at the end)")
     max_tokens: int = Field(65536, ge=16, description="Validation tokens per source (cap)")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="Validation windows per forward pass")
     unseen_adapt_steps: int = Field(0, ge=0, description="Unseen sources: embedding-only steps on the source's "
                                     "train split before evaluating (frozen body; every variant alike)")
 
 
 class RunConfig(Strict):
     dir: str = Field("runs/run", description="Run folder (relative to the config file)")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of every random choice (init, data order, source sampling)")
 
 
 class Config(Strict):
