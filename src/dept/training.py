@@ -12,7 +12,6 @@ events with per-source results); the final results table to RUN/results.json.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -77,10 +76,13 @@ class Trainer:
             if src.unseen != s.unseen:
                 raise ConfigError(f"source '{s.name}': unseen={s.unseen} in the config but {src.unseen} in the "
                                   f"prepared data: run `dept prepare` again")
+            vocab = self.spec.vocabulary
             if not s.unseen:
-                vocab = self.spec.vocabulary
                 batch = 1 if self.spec.baseline else self.cfg.train.batch_size
                 WindowStream(src.tokens(vocab, "train"), self.cfg.train.seq_len, batch, 0, 0, s.name)
+            elif self.cfg.eval.unseen_adapt_steps:  # adapted before evaluation: needs batches too
+                WindowStream(src.tokens(vocab, "train"), self.cfg.train.seq_len, self.cfg.train.batch_size, 0, 0,
+                             s.name)
 
     @property
     def total_steps(self) -> int:
@@ -217,6 +219,3 @@ def resume_config(run_dir: Path) -> Config:
         raise CheckpointError(f"{run_dir}: not a run folder (no config.yaml)")
     return load_saved_config(path)
 
-
-def clear_run(run_dir: Path) -> None:
-    shutil.rmtree(run_dir, ignore_errors=True)
