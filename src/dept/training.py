@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 from dept.algorithm.aggregator import Aggregator
+from dept.algorithm.runtime import resolve_device, seeded_generator
 from dept.algorithm.sampling import sample_sources
 from dept.algorithm.source_store import SourceStore
 from dept.algorithm.types import RoundPlan, SharedState, WorkerUpdate
 from dept.algorithm.variants import MIXTURE, EmbeddingRule, VariantSpec, spec_of
-from dept.algorithm.worker import Worker, resolve_device, seeded_generator
+from dept.algorithm.worker import Worker
 from dept.atomic_io import write_json_atomic, write_text_atomic
 from dept.checkpoint import (
     TrainerState,

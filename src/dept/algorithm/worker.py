@@ -7,12 +7,12 @@ ACT baselines run as a worker of the pseudo-source `mixture`, whose batches mix 
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import numpy as np
 import torch
 
+from dept.algorithm.runtime import autocast_context, seeded_generator
 from dept.algorithm.schedule import learning_rate
 from dept.algorithm.source_store import SourceState, SourceStore
 from dept.algorithm.types import Download, RoundPlan, WorkerUpdate
@@ -21,23 +21,6 @@ from dept.config import Config
 from dept.data.prepared import GLOBAL, PreparedData
 from dept.data.stream import MixtureStream, StreamPosition, WindowStream
 from dept.model import Body, LanguageModel, SourceEmbedding
-
-
-def seeded_generator(*parts: int) -> torch.Generator:
-    seed = int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator().manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast_context(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class SourceData:

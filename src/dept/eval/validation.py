@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from dept.algorithm.adapt import adapt_embedding
+from dept.algorithm.runtime import autocast_context, seeded_generator
 from dept.algorithm.source_store import SourceStore
 from dept.algorithm.types import SharedState
 from dept.algorithm.variants import VariantSpec
-from dept.algorithm.worker import autocast_context, seeded_generator
 from dept.config import Config
 from dept.data.prepared import GLOBAL, PreparedData
 from dept.data.stream import WindowStream
