@@ -216,3 +216,13 @@ def test_fedavg_round_sets_body_to_token_weighted_mean_of_local_bodies(tiny):
     for name, value in shared.body.items():
         expected = sum(u.body[name].double() * (u.tokens / total) for u in captured)
         assert torch.allclose(value.double(), expected, atol=1e-6), name
+
+
+def test_results_total_the_bytes_moved_against_std(tiny):
+    cfg = tiny(variant="spec", rounds=2, sources_per_round=2)
+    Trainer(cfg, log=lambda *_: None).train()
+    results = json.loads((cfg.run_dir / "results.json").read_text())
+    body_bytes = body_parameters_of(cfg.model) * 4
+    assert results["bytes_moved"] == 2 * 2 * 2 * body_bytes  # rounds × sources × (down + up) × body
+    record = metrics(cfg)[0]
+    assert results["std_equivalent_bytes"] == 2 * 2 * 2 * record["std_bytes_per_source"]

@@ -50,6 +50,10 @@ def comparison_rows(runs: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     rows.append(["mean (trained sources)"] + [_fmt(runs[v]["mean_bpb"]) for v in variants])
     if any("mean_bpb_unseen" in runs[v] for v in variants):
         rows.append(["mean (unseen sources)"] + [_fmt(runs[v].get("mean_bpb_unseen")) for v in variants])
+    if all("bytes_moved" in runs[v] for v in variants):
+        rows.append(["MB communicated"] + [f"{runs[v]['bytes_moved'] / 1e6:,.1f}" for v in variants])
+        rows.append(["less than STD"] + [f"{runs[v]['std_equivalent_bytes'] / runs[v]['bytes_moved']:,.1f}×"
+                                          for v in variants])
     return header, rows
 
 

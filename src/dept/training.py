@@ -170,8 +170,25 @@ class Trainer:
         if start >= t.rounds:
             results = self.evaluate(shared, t.rounds - 1)
         write_json_atomic(self.run_dir / "results.json", {"variant": self.spec.variant.value, "results": results,
-                                                          **summarize(results)})
+                                                          **summarize(results), **self._communication_totals()})
         return results
+
+    def _communication_totals(self) -> dict:
+        """Bytes moved over the whole run, and what data-parallel STD would have moved for the same rounds.
+
+        STD equivalent: each of the round's sources_per_round workers all-reduces every parameter at each of the
+        N steps (sent and received). The STD/ACT runs themselves report that figure as what they move.
+        """
+        moved = std = 0
+        for line in self.metrics_path.read_text().splitlines():
+            record = json.loads(line)
+            if record["event"] != "round":
+                continue
+            std += 2 * record["std_bytes_per_source"] * self.cfg.sources_per_round
+            moved += sum(record["bytes_down"].values()) + sum(record["bytes_up"].values())
+        if self.spec.baseline:
+            moved = std
+        return {"bytes_moved": moved, "std_equivalent_bytes": std}
 
     def _oldest_checkpoint_round(self) -> int:
         found = list_checkpoints(self.run_dir)
