@@ -42,7 +42,7 @@ def prepare(config: ConfigPath, overrides: Overrides = None,
     from dept.data.prepare import prepare as run_prepare
 
     cfg = load_config(config, overrides)
-    report = run_prepare(cfg, log=_log, force=force)
+    report = run_prepare(cfg, log=_log, force=force, show_progress=console.is_terminal)
     _log(f"prepared {len(report.prepared)} source(s), skipped {len(report.skipped)} unchanged, in "
          f"{report.total_s:.1f}s; encoding {report.encoded_bytes / 1e6:.1f} MB at {report.encode_mb_per_s:.1f} MB/s "
          f"-> {cfg.data_dir}")
@@ -123,7 +123,7 @@ def compare(config: ConfigPath, overrides: Overrides = None,
         if v not in {x.value for x in Variant}:
             raise DeptError(f"--variants: unknown variant '{v}' (choose from {', '.join(x.value for x in Variant)})")
     base = load_config(config, overrides)
-    run_prepare(base, log=_log)
+    run_prepare(base, log=_log, show_progress=console.is_terminal)
     runs = {}
     for v in names:
         cfg = load_config(config, list(overrides or []) + [f"train.variant={v}",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from dept.atomic_io import publish_dir, write_json_atomic, write_text_atomic
 from dept.config import Config, SourceConfig
@@ -63,17 +64,17 @@ def _read_sources(cfg: Config, sources: list[SourceConfig], workers: int) -> dic
 
 
 def _write_source(cfg: Config, source: SourceConfig, docs: SplitDocuments, fingerprint: str,
-                  global_tok_path: Path, out_dir: Path, log) -> tuple[int, float]:
+                  global_tok_path: Path, out_dir: Path, log, on_progress=None) -> tuple[int, float]:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        return _write_source_into(cfg, source, docs, fingerprint, global_tok_path, tmp, out_dir, log)
+        return _write_source_into(cfg, source, docs, fingerprint, global_tok_path, tmp, out_dir, log, on_progress)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_source_into(cfg: Config, source: SourceConfig, docs: SplitDocuments, fingerprint: str,
-                       global_tok_path: Path, tmp: Path, out_dir: Path, log) -> tuple[int, float]:
+                       global_tok_path: Path, tmp: Path, out_dir: Path, log, on_progress) -> tuple[int, float]:
     tok_cfg = cfg.data.tokenizer.per_source
     vocab = source.vocab_size or tok_cfg.vocab_size
     (tmp / GLOBAL).mkdir(parents=True)
@@ -91,7 +92,7 @@ def _write_source_into(cfg: Config, source: SourceConfig, docs: SplitDocuments, 
                 "tokens": {}}
         for name, tok in ((GLOBAL, global_tok), (OWN, own_tok)):
             t0 = time.perf_counter()
-            ids = encode_stream(tok, split_docs)
+            ids = encode_stream(tok, split_docs, on_progress=on_progress)
             encode_s += time.perf_counter() - t0
             encoded_bytes += n_bytes
             ids.tofile(tmp / name / f"{split}.bin")
@@ -112,7 +113,7 @@ def _write_source_into(cfg: Config, source: SourceConfig, docs: SplitDocuments, 
     return encoded_bytes, encode_s
 
 
-def prepare(cfg: Config, log=print, force: bool = False) -> PrepareReport:
+def prepare(cfg: Config, log=print, force: bool = False, show_progress: bool = False) -> PrepareReport:
     t_start = time.perf_counter()
     out = cfg.data_dir
     base = Path(cfg.base_dir)
@@ -151,10 +152,15 @@ def prepare(cfg: Config, log=print, force: bool = False) -> PrepareReport:
         write_text_atomic(global_path, tok.to_str())
 
     encoded_bytes, encode_s = 0, 0.0
-    for s in todo:
-        b, t = _write_source(cfg, s, docs[s.name], source_fps[s.name], global_path, out / "sources" / s.name, log)
-        encoded_bytes += b
-        encode_s += t
+    total = 2 * sum(len(d.encode("utf-8")) for s in todo for d in docs[s.name].train + docs[s.name].val)
+    with Progress(TextColumn("encoding"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                  transient=True, disable=not show_progress) as progress:
+        task = progress.add_task("encode", total=total)
+        for s in todo:
+            b, t = _write_source(cfg, s, docs[s.name], source_fps[s.name], global_path, out / "sources" / s.name,
+                                 log, lambda _docs, nbytes: progress.advance(task, nbytes))
+            encoded_bytes += b
+            encode_s += t
     skipped = [s.name for s in cfg.data.sources if s not in todo]
     for name in skipped:
         log(f"  {name}: unchanged, skipped")

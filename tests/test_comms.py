@@ -1,0 +1,44 @@
+"""Analytic communication and memory against the paper's reported figures."""
+
+import pytest
+
+from dept.config import ModelConfig, Variant
+from dept.eval.comms import PAPER_MC4_1B7, body_parameters, body_parameters_of, comms_row
+
+
+def test_papers_714x_for_the_171b_model():
+    p = PAPER_MC4_1B7
+    row = comms_row(Variant.SPEC_OPT, p["reported_body"], p["d_model"], p["vocab"], p["local_steps"],
+                    own_vocab=p["own_vocab"])
+    assert (p["reported_body"] + p["vocab"] * p["d_model"]) / 1e9 == pytest.approx(1.71, abs=0.005)
+    assert round(row.reduction_vs_std) == 714
+    # SPEC-OPT's 50,257-token table instead of 250,112: 512.2M -> 102.9M embedding parameters (-80%).
+    glob = comms_row(Variant.GLOB, p["reported_body"], p["d_model"], p["vocab"], p["local_steps"])
+    assert glob.embedding_params_held / 1e6 == pytest.approx(512.2, abs=0.1)
+    assert row.embedding_params_held / 1e6 == pytest.approx(102.9, abs=0.1)
+    assert 1 - row.embedding_params_held / glob.embedding_params_held == pytest.approx(0.80, abs=0.005)
+
+
+def test_per_step_equivalents_of_the_12_block_model():
+    body, d, vocab, n = 86_400_000, 768, 250_112, 500  # the paper's 86.4M body with mT5's vocabulary
+    spec = comms_row(Variant.SPEC, body, d, vocab, n)
+    glob = comms_row(Variant.GLOB, body, d, vocab, n)
+    std = comms_row(Variant.STD, body, d, vocab, n)
+    assert spec.params_up / n / 1e6 == pytest.approx(0.17, abs=0.005)
+    assert glob.params_up / n / 1e6 == pytest.approx(0.56, abs=0.005)
+    assert std.params_up / n / 1e6 == pytest.approx(278.5, abs=0.5)
+
+
+def test_trim_sends_its_rows_and_their_ids():
+    row = comms_row(Variant.TRIM, body=1000, d_model=4, global_vocab=100, local_steps=10, trim_rows=30)
+    assert row.bytes_down == (1000 + 30 * 4) * 4
+    assert row.bytes_up == (1000 + 30 * 4) * 4 + 30 * 4
+    assert row.embedding_params_held == 120
+
+
+def test_body_parameter_count_matches_the_module():
+    cfg = ModelConfig(d_model=64, n_layers=3, n_heads=4)
+    from dept.model import Body
+
+    assert body_parameters_of(cfg) == sum(p.numel() for p in Body(cfg).parameters())
+    assert body_parameters(24, 2048, 8192, "gelu", norms=False) == 12 * 24 * 2048**2
