@@ -78,6 +78,11 @@ class Worker:
                  device: torch.device):
         self.cfg, self.spec, self.data, self.store, self.device = cfg, spec, data, store, device
 
+    @property
+    def _keeps_optimizer_state(self) -> bool:
+        # STD/ACT are one continuous optimisation cut into rounds only for evaluation and checkpoints.
+        return self.cfg.train.inner.keep_state or self.spec.baseline
+
     def build_embedding(self, source: SourceData, download: Download, state: SourceState | None) -> SourceEmbedding:
         mcfg = self.cfg.model
         if self.spec.embedding == EmbeddingRule.LOCAL:
@@ -110,7 +115,7 @@ class Worker:
         inner = tcfg.inner
         optimizer = torch.optim.AdamW(list(lm.parameters()), lr=inner.lr, betas=inner.betas, eps=inner.eps,
                                       weight_decay=inner.weight_decay, fused=self.device.type == "cuda" or None)
-        if inner.keep_state and state is not None and state.optimizer is not None:
+        if self._keeps_optimizer_state and state is not None and state.optimizer is not None:
             optimizer.load_state_dict(state.optimizer)
         positions = state.streams if state else {}
         stream = source.stream(self._named_positions(source, positions), state.extra if state else {})
@@ -159,7 +164,7 @@ class Worker:
         new = SourceState(rounds_trained=(previous.rounds_trained if previous else 0) + 1)
         if self.spec.embedding == EmbeddingRule.LOCAL:
             new.embedding = {k.replace(".weight", ""): v for k, v in embedding.state_dict().items()}
-        if self.cfg.train.inner.keep_state:
+        if self._keeps_optimizer_state:
             new.optimizer = optimizer.state_dict()
         if isinstance(stream, MixtureStream):
             new.streams = {str(i): s.position for i, s in enumerate(stream.streams)}
