@@ -226,3 +226,13 @@ def test_results_total_the_bytes_moved_against_std(tiny):
     assert results["bytes_moved"] == 2 * 2 * 2 * body_bytes  # rounds × sources × (down + up) × body
     record = metrics(cfg)[0]
     assert results["std_equivalent_bytes"] == 2 * 2 * 2 * record["std_bytes_per_source"]
+
+
+def test_std_is_one_continuous_optimisation_whatever_keep_state(tiny, tmp_path):
+    runs = []
+    for keep in (True, False):
+        cfg = tiny(variant="std", rounds=3, overrides={"run.dir": str(tmp_path / str(keep)),
+                                                        "train.inner.keep_state": keep})
+        Trainer(cfg, log=lambda *_: None).train()
+        runs.append([r["train_loss"] for r in metrics(cfg)])
+    assert runs[0] == runs[1]
