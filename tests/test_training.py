@@ -236,3 +236,24 @@ def test_std_is_one_continuous_optimisation_whatever_keep_state(tiny, tmp_path):
         Trainer(cfg, log=lambda *_: None).train()
         runs.append([r["train_loss"] for r in metrics(cfg)])
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("variant", ["trim", "spec_opt"])
+def test_learned_positions_follow_the_token_rule(tiny, variant):
+    cfg = tiny(variant=variant, rounds=2, overrides={"model.positions": "learned"})
+    trainer = Trainer(cfg, log=lambda *_: None)
+    trainer.train()
+    shared, _ = load_checkpoint(latest_checkpoint(cfg.run_dir))
+    store = SourceStore(cfg.run_dir / "sources")
+    trained = [s.name for s in cfg.trained_sources if store.load(s.name, 2) is not None]
+    if variant == "trim":  # shared and averaged: the global embedding carries them
+        assert shared.embedding["positions"].shape == (cfg.model.max_seq_len, cfg.model.d_model)
+    else:  # local, like the token table, and never sent
+        assert "positions" not in shared.embedding
+        assert all("positions" in store.load(n, 2).embedding for n in trained)
+
+
+def test_bf16_autocast_trains(tiny):
+    cfg = tiny(variant="spec", rounds=1, overrides={"train.precision": "bf16"})
+    results = Trainer(cfg, log=lambda *_: None).train()
+    assert all(r["loss"] == r["loss"] and r["loss"] < 10 for r in results)
