@@ -103,3 +103,23 @@ def test_help_lists_every_command():
     for command in ("prepare", "train", "eval", "compare", "comms", "settings"):
         assert command in out
     assert "train.inner.lr" in dept("settings").stdout
+
+
+def test_relative_paths_survive_resume_and_eval(tmp_path):
+    """A config with paths relative to its file, run from elsewhere, resumes from the run folder's copy."""
+    write_corpus(tmp_path / "proj" / "corpus", docs_per_source=20)
+    tree = tiny_tree(Path("."))  # every path relative: corpus/..., prepared, run
+    tree["train"].update(rounds=2, checkpoint_every=1)
+    tree["data"]["sources"] = tree["data"]["sources"][:2]
+    tree["train"]["sources_per_round"] = 1
+    cfg = write_config(tmp_path / "proj" / "c.yaml", tree)
+    assert dept("prepare", cfg, cwd=tmp_path).returncode == 0
+    first = dept("train", cfg, "train.rounds=2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run = tmp_path / "proj" / "run"
+    resumed = dept("train", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert dept("eval", run).returncode == 0
+    (tmp_path / "proj" / "corpus" / "en.jsonl").write_text('{"text": "changed"}\n' * 30)
+    stale = dept("train", "--resume", run)
+    assert_one_line_error(stale, "does not match source 'en'", "dept prepare")

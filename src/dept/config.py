@@ -217,10 +217,22 @@ class Config(Strict):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 
+    def to_resolved_dict(self) -> dict[str, Any]:
+        """The settings with every path absolute: the same config whatever folder it is read from."""
+        d = self.to_dict()
+        d["run"]["dir"] = str(self.run_dir)
+        d["data"]["dir"] = str(self.data_dir)
+        for src in d["data"]["sources"]:
+            src["files"] = [str(self.resolve(f)) for f in src["files"]]
+            if src.get("hf_dataset"):
+                src["hf_dataset"] = str(self.resolve(src["hf_dataset"]))
+        return d
+
     def training_fingerprint(self) -> str:
         """Hash of everything that shapes the training trajectory (a resumed run must match it)."""
-        d = self.to_dict()
-        d.pop("run", None)
+        d = self.to_resolved_dict()
+        d["run"] = {"seed": d["run"]["seed"]}
+        d["data"].pop("dir")
         d["train"] = {k: v for k, v in d["train"].items() if k not in ("checkpoint_every", "keep_checkpoints",
                                                                        "device", "threads")}
         d.pop("eval", None)
@@ -297,13 +309,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 def save_config(cfg: Config, path: Path) -> None:
     """Write the resolved config with absolute paths, so it loads the same from anywhere."""
-    d = cfg.to_dict()
-    d["run"]["dir"] = str(cfg.run_dir.resolve())
-    d["data"]["dir"] = str(cfg.data_dir.resolve())
-    for src in d["data"]["sources"]:
-        src["files"] = [str(cfg.resolve(f)) for f in src["files"]]
-        if src.get("hf_dataset"):
-            src["hf_dataset"] = str(cfg.resolve(src["hf_dataset"]))
+    d = cfg.to_resolved_dict()
     write_text_atomic(path, yaml.safe_dump(d, sort_keys=False, allow_unicode=True))
 
 

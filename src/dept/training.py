@@ -33,6 +33,7 @@ from dept.checkpoint import (
     save_checkpoint,
 )
 from dept.config import Config, load_saved_config, save_config
+from dept.data.prepare import check_prepared
 from dept.data.prepared import GLOBAL, PreparedData
 from dept.data.stream import WindowStream
 from dept.engines.base import Engine
@@ -58,6 +59,7 @@ class Trainer:
     def __init__(self, cfg: Config, engine: Engine | None = None, log=print):
         self.cfg = cfg
         self.spec = spec_of(cfg.train.variant)
+        check_prepared(cfg)
         self.data = PreparedData(cfg.data_dir)
         self._check_data()
         self.run_dir = cfg.run_dir

@@ -31,6 +31,7 @@ from dept.data.tokenizer import (
     load_tokenizer,
     train_tokenizer,
 )
+from dept.errors import DataError
 
 
 @dataclass
@@ -113,22 +114,41 @@ def _write_source_into(cfg: Config, source: SourceConfig, docs: SplitDocuments, 
     return encoded_bytes, encode_s
 
 
+def fingerprints(cfg: Config) -> tuple[str, dict[str, str]]:
+    """Hashes of what shapes the prepared data: the global tokenizer's, and each source's (which includes it)."""
+    base = Path(cfg.base_dir)
+    split_settings = {"val_fraction": cfg.data.val_fraction, "min_doc_chars": cfg.data.min_doc_chars}
+    resolved = {src["name"]: src for src in cfg.to_resolved_dict()["data"]["sources"]}
+    signatures = {s.name: _hash([resolved[s.name], input_signature(s, base), split_settings])
+                  for s in cfg.data.sources}
+    global_fp = _hash([cfg.data.tokenizer.global_.model_dump(mode="json"),
+                       [signatures[s.name] for s in cfg.trained_sources], cfg.run.seed])
+    per_source = cfg.data.tokenizer.per_source.model_dump(mode="json")
+    return global_fp, {s.name: _hash([signatures[s.name], per_source, global_fp]) for s in cfg.data.sources}
+
+
+def check_prepared(cfg: Config) -> None:
+    """Refuse prepared data that no longer matches the config or its input files."""
+    manifest = cfg.data_dir / "manifest.json"
+    if not manifest.is_file():
+        raise DataError(f"no prepared data in {cfg.data_dir}: run `dept prepare CONFIG` first")
+    _, source_fps = fingerprints(cfg)
+    prepared = json.loads(manifest.read_text()).get("source_fingerprints", {})
+    for name, fp in source_fps.items():
+        if prepared.get(name) != fp:
+            raise DataError(f"prepared data in {cfg.data_dir} does not match source '{name}' (its files or "
+                            f"settings changed): run `dept prepare` again")
+
+
 def prepare(cfg: Config, log=print, force: bool = False, show_progress: bool = False) -> PrepareReport:
     t_start = time.perf_counter()
     out = cfg.data_dir
-    base = Path(cfg.base_dir)
     workers = cfg.data.workers or os.cpu_count() or 1
-    split_settings = {"val_fraction": cfg.data.val_fraction, "min_doc_chars": cfg.data.min_doc_chars}
-    signatures = {s.name: _hash([s.model_dump(mode="json"), input_signature(s, base), split_settings])
-                  for s in cfg.data.sources}
     trained = cfg.trained_sources
     global_cfg = cfg.data.tokenizer.global_
-    global_fp = _hash([global_cfg.model_dump(mode="json"), [signatures[s.name] for s in trained], cfg.run.seed])
+    global_fp, source_fps = fingerprints(cfg)
     global_path = out / "global_tokenizer.json"
     old_manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
-
-    source_fps = {s.name: _hash([signatures[s.name], cfg.data.tokenizer.per_source.model_dump(mode="json"),
-                                 global_fp]) for s in cfg.data.sources}
 
     def up_to_date(name: str) -> bool:
         meta = out / "sources" / name / "meta.json"
