@@ -123,3 +123,19 @@ def test_relative_paths_survive_resume_and_eval(tmp_path):
     (tmp_path / "proj" / "corpus" / "en.jsonl").write_text('{"text": "changed"}\n' * 30)
     stale = dept("train", "--resume", run)
     assert_one_line_error(stale, "does not match source 'en'", "dept prepare")
+
+
+def test_compare_reuses_finished_runs_only_of_the_same_config(prepared_root, tmp_path):
+    tree = tiny_tree(prepared_root)
+    tree["run"]["dir"] = str(tmp_path / "runs")
+    tree["train"].update(rounds=1)
+    cfg = write_config(tmp_path / "c.yaml", tree)
+    proc = dept("compare", cfg, "--variants", "spec_opt,std")
+    assert proc.returncode == 0, proc.stderr
+    assert "MB communicated" in proc.stdout and "less than STD" in proc.stdout
+    again = dept("compare", cfg, "--variants", "spec_opt,std")
+    assert again.returncode == 0 and "finished run found" in again.stdout
+    changed = dept("compare", cfg, "train.inner.lr=0.01", "--variants", "spec_opt")
+    assert_one_line_error(changed, "holds a finished run of another config")
+    bad = dept("compare", cfg, "--variants", "spec,nope")
+    assert_one_line_error(bad, "unknown variant 'nope'")

@@ -116,7 +116,7 @@ def compare(config: ConfigPath, overrides: Overrides = None,
     from dept.config import Variant, load_config
     from dept.data.prepare import prepare as run_prepare
     from dept.report import comparison_markdown, comparison_table, load_results
-    from dept.training import Trainer
+    from dept.training import Trainer, resume_config
 
     names = [v.strip() for v in variants.split(",") if v.strip()]
     for v in names:
@@ -129,6 +129,8 @@ def compare(config: ConfigPath, overrides: Overrides = None,
         cfg = load_config(config, list(overrides or []) + [f"train.variant={v}",
                                                           f"run.dir={base.run_dir / v}"])
         if (cfg.run_dir / "results.json").is_file():
+            if resume_config(cfg.run_dir).training_fingerprint() != cfg.training_fingerprint():
+                raise DeptError(f"{cfg.run_dir} holds a finished run of another config: delete it or set run.dir")
             _log(f"== {v}: finished run found in {cfg.run_dir}")
         else:
             _log(f"== {v}")
