@@ -108,6 +108,8 @@ def test_resumed_run_equals_uninterrupted(tiny, tmp_path, variant, every, crash_
     trainer.engine.run_round = crash_in_round_3
     with pytest.raises(Crash):
         trainer.train()
+    with open(stopped.run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"event": "round", "round": 9, "trunc')  # a line cut short by the stop
     Trainer(stopped, log=lambda *_: None).train(resume=True)
 
     a = [(r["round"], r["train_loss"]) for r in metrics(straight)]

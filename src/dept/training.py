@@ -137,8 +137,14 @@ class Trainer:
     def _truncate_metrics(self, next_round: int) -> None:
         if not self.metrics_path.exists():
             return
-        kept = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["round"] < next_round]
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                if json.loads(line)["round"] < next_round:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line cut short by the stop
+
         write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def _append_metrics(self, record: dict) -> None:
