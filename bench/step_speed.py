@@ -153,7 +153,7 @@ class Runner:
     def autocast(self):
         if self.dtype == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()  # as dept.algorithm.worker.autocast_context does for fp32
+        return contextlib.nullcontext()  # as dept.algorithm.runtime.autocast_context does for fp32
 
     def step(self, batch_cpu: torch.Tensor, phases: dict | None = None) -> float:
         t = _timer(self.device) if phases is not None else None

@@ -197,6 +197,7 @@ def test_engine_protocol_is_the_only_seam(tiny):
     trainer.engine = Recording(trainer.engine.worker)
     trainer.train()
     assert seen and spec_of(Variant.SPEC).embedding == EmbeddingRule.LOCAL
+    assert seen == [r["sources"] for r in metrics(cfg)]  # every round went through the custom engine
 
 
 def test_fedavg_round_sets_body_to_token_weighted_mean_of_local_bodies(tiny):

@@ -32,14 +32,14 @@ from dept.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from dept.config import Config, load_saved_config, save_config
+from dept.config import Config, Variant, load_saved_config, save_config
 from dept.data.prepare import check_prepared
 from dept.data.prepared import GLOBAL, PreparedData
 from dept.data.stream import WindowStream
 from dept.engines.base import Engine
 from dept.engines.local import LocalEngine
 from dept.errors import CheckpointError, ConfigError
-from dept.eval.comms import body_parameters_of
+from dept.eval.comms import body_parameters_of, comms_row
 from dept.eval.validation import evaluate_sources, summarize
 from dept.model import Body, SourceEmbedding
 
@@ -51,7 +51,7 @@ def initial_shared_state(cfg: Config, spec: VariantSpec, global_vocab: int) -> S
     if spec.has_global_embedding:
         emb = SourceEmbedding(global_vocab, cfg.model)
         emb.reset_parameters(seeded_generator(cfg.run.seed, 2))
-        shared.embedding = {k.replace(".weight", ""): v.detach().clone() for k, v in emb.state_dict().items()}
+        shared.embedding = {k: v.detach().clone() for k, v in emb.tensors().items()}
     return shared
 
 
@@ -212,9 +212,9 @@ class Trainer:
         return results
 
     def _round_record(self, plan: RoundPlan, updates: list[WorkerUpdate], elapsed_s: float) -> dict:
-        body = body_parameters_of(self.cfg.model)
-        full_params = body + self.data.global_vocab_size * self.cfg.model.d_model + (
-            self.cfg.model.max_seq_len * self.cfg.model.d_model if self.cfg.model.positions == "learned" else 0)
+        m = self.cfg.model
+        std = comms_row(Variant.STD, body_parameters_of(m), m.d_model, self.data.global_vocab_size,
+                        plan.local_steps, positions=self._position_rows())
         return {
             "event": "round", "round": plan.round, "sources": plan.sources,
             "train_loss": {u.source: u.train_loss for u in updates},
@@ -223,15 +223,18 @@ class Trainer:
             "bytes_down": {u.source: u.bytes_down for u in updates},
             "bytes_up": {u.source: u.nbytes for u in updates},
             # STD equivalent: one all-reduce of every parameter per sequential step, each way, fp32.
-            "std_bytes_per_source": plan.local_steps * full_params * 4,
+            "std_bytes_per_source": std.bytes_up,
             "embedding_params_held": {u.source: self._embedding_params_held(u.source) for u in updates},
             "lr_steps": [plan.first_step, plan.first_step + plan.local_steps],
             "elapsed_s": elapsed_s,
         }
 
+    def _position_rows(self) -> int:
+        return self.cfg.model.max_seq_len if self.cfg.model.positions == "learned" else 0
+
     def _embedding_params_held(self, name: str) -> int:
         d = self.cfg.model.d_model
-        pos = self.cfg.model.max_seq_len * d if self.cfg.model.positions == "learned" else 0
+        pos = self._position_rows() * d
         if self.spec.embedding == EmbeddingRule.ROWS:
             return int(self.data.source(name).trim_vocab().size) * d + pos
         if self.spec.vocabulary == GLOBAL or name == MIXTURE:

@@ -23,6 +23,17 @@ from dept.data.stream import MixtureStream, StreamPosition, WindowStream
 from dept.model import Body, LanguageModel, SourceEmbedding
 
 
+def own_embedding(vocab_size: int, cfg: Config, tensors: dict[str, torch.Tensor] | None,
+                  source_index: int) -> SourceEmbedding:
+    """A SPEC/SPEC-OPT source's table: as saved, or the seeded init it starts from the first time it is sampled."""
+    emb = SourceEmbedding(vocab_size, cfg.model)
+    if tensors:
+        emb.load_tensors(tensors)
+    else:
+        emb.reset_parameters(seeded_generator(cfg.run.seed, 104729, source_index))
+    return emb
+
+
 class SourceData:
     """Everything about one source's data a worker needs, from the prepared folder."""
 
@@ -84,21 +95,11 @@ class Worker:
         return self.cfg.train.inner.keep_state or self.spec.baseline
 
     def build_embedding(self, source: SourceData, download: Download, state: SourceState | None) -> SourceEmbedding:
-        mcfg = self.cfg.model
         if self.spec.embedding == EmbeddingRule.LOCAL:
-            emb = SourceEmbedding(source.vocab_size(), mcfg)
-            if state is not None and state.embedding:
-                emb.tokens.weight.data.copy_(state.embedding["tokens"])
-                if emb.positions is not None:
-                    emb.positions.weight.data.copy_(state.embedding["positions"])
-            else:  # first time this source is sampled: a seeded random table
-                emb.reset_parameters(seeded_generator(self.cfg.run.seed, 104729, source.index))
-            return emb
+            return own_embedding(source.vocab_size(), self.cfg, state.embedding if state else None, source.index)
         ids = source.trim_ids() if self.spec.embedding == EmbeddingRule.ROWS else None
-        emb = SourceEmbedding(download.embedding["tokens"].shape[0], mcfg, global_ids=ids)
-        emb.tokens.weight.data.copy_(download.embedding["tokens"])
-        if emb.positions is not None:
-            emb.positions.weight.data.copy_(download.embedding["positions"])
+        emb = SourceEmbedding(download.embedding["tokens"].shape[0], self.cfg.model, global_ids=ids)
+        emb.load_tensors(download.embedding)
         return emb
 
     def run(self, plan: RoundPlan, name: str, download: Download) -> WorkerUpdate:
@@ -163,7 +164,7 @@ class Worker:
                     optimizer: torch.optim.Optimizer, stream, previous: SourceState | None) -> None:
         new = SourceState(rounds_trained=(previous.rounds_trained if previous else 0) + 1)
         if self.spec.embedding == EmbeddingRule.LOCAL:
-            new.embedding = {k.replace(".weight", ""): v for k, v in embedding.state_dict().items()}
+            new.embedding = embedding.tensors()
         if self._keeps_optimizer_state:
             new.optimizer = optimizer.state_dict()
         if isinstance(stream, MixtureStream):
@@ -179,8 +180,7 @@ class Worker:
         update = WorkerUpdate(source=name, round=plan.round, body=body, tokens=tokens,
                               train_loss=float(np.mean(losses)), last_loss=losses[-1], elapsed_s=elapsed_s)
         if self.spec.embedding != EmbeddingRule.LOCAL:
-            update.embedding = {k.replace(".weight", ""): v.detach().to("cpu", copy=True)
-                                for k, v in embedding.state_dict().items()}
+            update.embedding = {k: v.detach().to("cpu", copy=True) for k, v in embedding.tensors().items()}
         if self.spec.embedding == EmbeddingRule.ROWS:
             update.row_ids = embedding.global_ids.to(torch.int32)
         return update

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from dept.algorithm.adapt import adapt_embedding
-from dept.algorithm.runtime import autocast_context, seeded_generator
+from dept.algorithm.runtime import autocast_context
 from dept.algorithm.source_store import SourceStore
 from dept.algorithm.types import SharedState
 from dept.algorithm.variants import VariantSpec
+from dept.algorithm.worker import own_embedding
 from dept.config import Config
 from dept.data.prepared import GLOBAL, PreparedData
 from dept.data.stream import WindowStream
@@ -33,17 +34,6 @@ def _body(cfg: Config, shared: SharedState) -> Body:
     return body
 
 
-def _embedding(vocab_size: int, cfg: Config, tensors: dict[str, torch.Tensor] | None, seed_part: int):
-    emb = SourceEmbedding(vocab_size, cfg.model)
-    if tensors:
-        emb.tokens.weight.data.copy_(tensors["tokens"])
-        if emb.positions is not None:
-            emb.positions.weight.data.copy_(tensors["positions"])
-    else:
-        emb.reset_parameters(seeded_generator(cfg.run.seed, 104729, seed_part))
-    return emb
-
-
 def evaluate_sources(cfg: Config, spec: VariantSpec, data: PreparedData, shared: SharedState,
                      store: SourceStore, before_round: int, device: torch.device) -> list[dict]:
     names = [s.name for s in cfg.data.sources]
@@ -53,11 +43,12 @@ def evaluate_sources(cfg: Config, spec: VariantSpec, data: PreparedData, shared:
         vocab = spec.vocabulary
         note = ""
         if spec.has_global_embedding:
-            emb = _embedding(data.global_vocab_size, cfg, shared.embedding, index)
+            emb = SourceEmbedding(data.global_vocab_size, cfg.model)
+            emb.load_tensors(shared.embedding)
             lengths = data.global_byte_lengths
         else:
             state = store.load(src_cfg.name, before_round)
-            emb = _embedding(src.vocab_size(vocab), cfg, state.embedding if state else None, index)
+            emb = own_embedding(src.vocab_size(vocab), cfg, state.embedding if state else None, index)
             lengths = data.global_byte_lengths if vocab == GLOBAL else data.own_byte_lengths(src_cfg.name)
             if state is None and not src_cfg.unseen:
                 note = "never sampled"

@@ -32,6 +32,18 @@ class SourceEmbedding(nn.Module):
         if self.positions is not None:
             init_normal(self.positions.weight, self.cfg.init_std, generator)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tables by name ("tokens", and "positions" when learned): what is stored, sent and averaged."""
+        out = {"tokens": self.tokens.weight}
+        if self.positions is not None:
+            out["positions"] = self.positions.weight
+        return out
+
+    @torch.no_grad()
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name, table in self.tensors().items():
+            table.copy_(tensors[name])
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         h = self.tokens(ids)  # (B, T, C)
         if self.positions is not None:
