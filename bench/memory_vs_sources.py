@@ -188,7 +188,7 @@ def make_tree(root: Path, k: int, a) -> dict:
         "train": {"variant": a.variant, "rounds": rounds_for(k, a), "local_steps": a.local_steps,
                   "batch_size": a.batch, "seq_len": a.seq_len, "sources_per_round": a.per_round,
                   "inner": {"warmup_steps": 2}, "device": "cpu", "threads": a.threads},
-        "eval": {"max_tokens": 1024, "batch_size": 8},
+        "eval": {"max_bytes": 4096, "batch_size": 8},
     }
 
 

@@ -22,9 +22,10 @@ What is compared
            Loss (default `--llama-loss manual`): logits = llama(input_ids=windows[:, :-1]).logits, then
            F.cross_entropy(logits.float().flatten(0, 1), windows[:, 1:].flatten()) - the same formula as ours.
            `--llama-loss labels` instead passes labels/shift_labels and lets HF compute the loss.
-* step (same for both, mirroring Worker.run): set lr, batch -> device, forward + loss (under autocast when
-  --dtype bf16), backward, clip_grad_norm_(1.0), AdamW(lr 6e-4, betas (0.9, 0.95), eps 1e-8, wd 0).step(),
-  zero_grad(set_to_none=True), loss.item().
+* step (same for both): `dept.algorithm.step.train_step` with `build_optimizer`, the very step the worker runs:
+  set lr, batch -> device, forward + loss (under autocast when --dtype bf16), backward, clip_grad_norm_(1.0),
+  AdamW(lr 6e-4, betas (0.9, 0.95), eps 1e-8, wd 0).step(), zero_grad(set_to_none=True); then loss.item().
+  The per-phase breakdown times the same operations one by one.
 
 Protocol: W warm-up steps each, then R repeats; in each repeat K steps of one model then K of the other (the
 order alternates every repeat), on the same pre-generated random batches. Reported: median tokens/s of each and
@@ -50,7 +51,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dept.config import ModelConfig
+from dept.algorithm.step import build_optimizer, set_learning_rate, train_step
+from dept.config import InnerOptConfig, ModelConfig
 from dept.model import Body, LanguageModel, SourceEmbedding
 
 
@@ -138,7 +140,18 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# one training step, identical for both (mirrors dept.algorithm.worker.Worker.run)
+# one training step, identical for both: dept.algorithm.step.train_step, what the worker runs
+
+
+class WithLoss(torch.nn.Module):
+    """Gives any model the `loss(windows)` that `train_step` calls."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def loss(self, windows: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.model, windows)
 
 
 class Runner:
@@ -146,8 +159,9 @@ class Runner:
         self.name, self.model, self.loss_fn, self.device = name, model, loss_fn, device
         self.model.to(device).train()
         self.params = list(self.model.parameters())
-        self.opt = torch.optim.AdamW(self.params, lr=a.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+        self.opt = build_optimizer(self.params, InnerOptConfig(lr=a.lr, grad_clip=a.grad_clip), device)
         self.lr, self.clip, self.dtype = a.lr, a.grad_clip, a.dtype
+        self.with_loss = WithLoss(model, loss_fn)
         self.losses: list[float] = []
 
     def autocast(self):
@@ -156,25 +170,27 @@ class Runner:
         return contextlib.nullcontext()  # as dept.algorithm.runtime.autocast_context does for fp32
 
     def step(self, batch_cpu: torch.Tensor, phases: dict | None = None) -> float:
-        t = _timer(self.device) if phases is not None else None
+        if phases is None:
+            set_learning_rate(self.opt, self.lr)
+            batch = batch_cpu.to(self.device, non_blocking=True)
+            value = train_step(self.with_loss, self.opt, batch, self.clip, self.dtype).item()
+            self.losses.append(value)
+            return value
+        t = _timer(self.device)
         for group in self.opt.param_groups:
             group["lr"] = self.lr
         batch = batch_cpu.to(self.device, non_blocking=True)
         with self.autocast():
             loss = self.loss_fn(self.model, batch)
-        if t:
-            t.mark(phases, "forward+loss")
+        t.mark(phases, "forward+loss")
         loss.backward()
-        if t:
-            t.mark(phases, "backward")
+        t.mark(phases, "backward")
         if self.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
-        if t:
-            t.mark(phases, "clip")
+        t.mark(phases, "clip")
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        if t:
-            t.mark(phases, "optimizer")
+        t.mark(phases, "optimizer")
         value = loss.item()
         self.losses.append(value)
         return value

@@ -46,7 +46,7 @@ def tiny_tree(root: Path, **train) -> dict:
         "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "max_seq_len": 64},
         "train": {"variant": "spec_opt", "rounds": 3, "local_steps": 3, "batch_size": 2, "seq_len": 16,
                   "sources_per_round": 2, "inner": {"warmup_steps": 2}, **train},
-        "eval": {"max_tokens": 256, "batch_size": 8},
+        "eval": {"max_bytes": 1024, "batch_size": 8},
     }
 
 

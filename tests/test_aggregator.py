@@ -4,15 +4,20 @@ import pytest
 import torch
 
 from dept.algorithm.aggregator import Aggregator
-from dept.algorithm.types import SharedState, WorkerUpdate
+from dept.algorithm.types import Mixture, SharedState, Source, TableRows, WholeTable, WorkerUpdate
 from dept.algorithm.variants import spec_of
 from dept.config import OuterOptConfig, Variant
 
 
 def update(source, body, tokens, emb=None, ids=None):
-    return WorkerUpdate(source=source, round=0, body={"w": torch.tensor(body)}, tokens=tokens,
-                        embedding=None if emb is None else {"tokens": torch.tensor(emb)},
-                        row_ids=None if ids is None else torch.tensor(ids, dtype=torch.int32))
+    if emb is None:
+        payload = None
+    elif ids is None:
+        payload = WholeTable({"tokens": torch.tensor(emb)})
+    else:
+        payload = TableRows({"tokens": torch.tensor(emb)}, torch.tensor(ids, dtype=torch.int32))
+    return WorkerUpdate(participant=Source(source, 0), round=0, body={"w": torch.tensor(body)}, tokens=tokens,
+                        embedding=payload)
 
 
 def test_fedavg_body_is_token_weighted_mean():
@@ -33,9 +38,28 @@ def test_uniform_weights_ignore_tokens():
 def test_single_update_fedavg_is_exact():
     body = torch.randn(50)
     shared = SharedState(body={"w": torch.zeros(50)})
-    Aggregator(spec_of(Variant.STD), OuterOptConfig()).apply(
-        shared, [WorkerUpdate("m", 0, {"w": body.clone()}, 7, embedding={})])
+    Aggregator(spec_of(Variant.SPEC), OuterOptConfig()).apply(shared, [update("a", body.tolist(), 7)])
     assert torch.equal(shared.body["w"], body)
+
+
+@pytest.mark.parametrize("variant", [Variant.STD, Variant.ACT])
+def test_baselines_adopt_their_model_whatever_the_outer_optimizer(variant):
+    body, table = torch.randn(5), torch.randn(3, 2)
+    shared = SharedState(body={"w": torch.zeros(5)}, embedding={"tokens": torch.zeros(3, 2)})
+    agg = Aggregator(spec_of(variant), OuterOptConfig(kind="nesterov", lr=0.7, momentum=0.9))
+    mixture = Mixture(("a", "b"))
+    agg.apply(shared, [WorkerUpdate(mixture, 0, {"w": body.clone()}, 7, embedding=WholeTable({"tokens": table}))])
+    assert torch.equal(shared.body["w"], body) and torch.equal(shared.embedding["tokens"], table)
+    assert not shared.momentum  # no outer optimizer state at all
+
+
+def test_a_payload_of_the_wrong_kind_is_refused():
+    shared = SharedState(body={"w": torch.zeros(1)}, embedding={"tokens": torch.zeros(3, 2)})
+    glob_update = update("a", [0.0], 1, emb=[[1.0, 1.0]] * 3)
+    with pytest.raises(ValueError, match="TableRows"):
+        Aggregator(spec_of(Variant.TRIM), OuterOptConfig()).apply(shared, [glob_update])
+    with pytest.raises(ValueError, match="none"):
+        Aggregator(spec_of(Variant.SPEC), OuterOptConfig()).apply(shared, [glob_update])
 
 
 def test_nesterov_outer_step_matches_hand_computation():
@@ -58,7 +82,7 @@ def test_nesterov_matches_torch_sgd():
     p = torch.nn.Parameter(theta.clone())
     sgd = torch.optim.SGD([p], lr=0.7, momentum=0.9, nesterov=True)
     for t in targets:
-        agg.apply(shared, [WorkerUpdate("a", 0, {"w": t.clone()}, 1)])
+        agg.apply(shared, [update("a", t.tolist(), 1)])
         p.grad = p.detach() - t
         sgd.step()
     assert torch.allclose(shared.body["w"], p.detach(), atol=1e-6)
@@ -99,6 +123,6 @@ def test_trim_nesterov_leaves_unheld_rows_and_momentum_untouched():
 
 def test_mismatched_body_keys_are_refused():
     shared = SharedState(body={"w": torch.zeros(1)})
-    bad = WorkerUpdate("a", 0, {"v": torch.zeros(1)}, 1)
+    bad = WorkerUpdate(Source("a", 0), 0, {"v": torch.zeros(1)}, 1)
     with pytest.raises(ValueError, match="do not match"):
         Aggregator(spec_of(Variant.SPEC), OuterOptConfig()).apply(shared, [bad])

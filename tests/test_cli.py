@@ -139,3 +139,42 @@ def test_compare_reuses_finished_runs_only_of_the_same_config(prepared_root, tmp
     assert_one_line_error(changed, "holds a finished run of another config")
     bad = dept("compare", cfg, "--variants", "spec,nope")
     assert_one_line_error(bad, "unknown variant 'nope'")
+
+
+def test_eval_needs_only_the_prepared_data(tmp_path):
+    """The raw corpus is gone (a site that kept only its prepared folder): `dept eval` still evaluates the run."""
+    write_corpus(tmp_path / "corpus", docs_per_source=30)
+    tree = tiny_tree(tmp_path)
+    tree["train"].update(rounds=1, variant="spec")
+    cfg = write_config(tmp_path / "c.yaml", tree)
+    assert dept("prepare", cfg).returncode == 0
+    trained = dept("train", cfg)
+    assert trained.returncode == 0, trained.stderr
+    checkpoint = tmp_path / "run" / "checkpoints" / "round_00001"
+    assert (checkpoint / "config.yaml").read_text() == (tmp_path / "run" / "config.yaml").read_text()
+    for f in (tmp_path / "corpus").iterdir():
+        f.unlink()
+    ev = subprocess.run([sys.executable, "-m", "dept", "eval", tmp_path / "run"], capture_output=True, text=True,
+                        env=ENV, timeout=300)
+    assert ev.returncode == 0, ev.stderr
+    a = json.loads((tmp_path / "run" / "results.json").read_text())
+    b = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert [(r["bpb"], r["bytes"]) for r in a["results"]] == [(r["bpb"], r["bytes"]) for r in b["results"]]
+    assert dept("train", "--resume", tmp_path / "run").returncode != 0  # training does check the raw inputs
+
+
+def test_eval_refuses_prepared_data_that_changed_since_training(tmp_path):
+    write_corpus(tmp_path / "corpus", docs_per_source=30)
+    tree = tiny_tree(tmp_path)
+    tree["train"].update(rounds=1, variant="spec")
+    cfg = write_config(tmp_path / "c.yaml", tree)
+    assert dept("prepare", cfg).returncode == 0
+    assert dept("train", cfg).returncode == 0
+    assert dept("prepare", cfg, "data.val_fraction=0.2").returncode == 0
+    assert_one_line_error(dept("eval", tmp_path / "run"), "changed since", "trained on it")
+
+
+def test_the_old_token_cap_is_refused_with_its_replacement(prepared_root, tmp_path):
+    tree = tiny_tree(prepared_root)
+    tree["eval"] = {"max_tokens": 256}
+    assert_one_line_error(dept("train", write_config(tmp_path / "c.yaml", tree)), "eval", "max_bytes")

@@ -12,7 +12,7 @@ DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 def test_demo_validation_loss_falls(tmp_path):
     cfg = load_config(DEMO, [f"data.dir={tmp_path / 'data'}", f"run.dir={tmp_path / 'run'}", "train.rounds=3",
-                             "train.local_steps=8", "eval.every=1", "eval.max_tokens=2048",
+                             "train.local_steps=8", "eval.every=1", "eval.max_bytes=8192",
                              "eval.unseen_adapt_steps=0"])
     report = prepare(cfg, log=lambda *_: None)
     assert len(report.prepared) == 8

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from dept.algorithm.source_store import SourceStore
-from dept.algorithm.variants import EmbeddingRule, spec_of
+from dept.algorithm.variants import spec_of
 from dept.checkpoint import latest_checkpoint, load_checkpoint
 from dept.config import Variant
-from dept.engines.local import LocalEngine
+from dept.data.prepared import PreparedData
 from dept.errors import CheckpointError
 from dept.eval.comms import body_parameters_of, comms_row
 from dept.training import Trainer
@@ -28,13 +28,14 @@ def test_spec_embedding_changes_only_in_rounds_where_sampled(tiny, variant):
     snapshots = []
     original = trainer.engine.run_round
 
-    def spy(plan, shared):
-        updates = original(plan, shared)
+    def spy(assignments):
+        updates = original(assignments)
+        plan = assignments[0].plan
         tables = {}
         for s in cfg.trained_sources:
             state = store.load(s.name, plan.round + 1)
             tables[s.name] = None if state is None else state.embedding["tokens"].clone()
-        snapshots.append((plan.sources, tables))
+        snapshots.append((plan.keys, tables))
         assert all(u.embedding is None for u in updates), "SPEC must not send embeddings"
         return updates
 
@@ -62,9 +63,10 @@ def test_counted_bytes_equal_the_formula(tiny, variant):
     record = metrics(cfg)[0]
     body = body_parameters_of(cfg.model)
     d = cfg.model.d_model
+    data = PreparedData(cfg.data_dir)
     for name in record["sources"]:
-        trim_rows = None if variant != "trim" else int(trainer.data.source(name).trim_vocab().size)
-        row = comms_row(Variant(variant), body, d, trainer.data.global_vocab_size, 1, trim_rows=trim_rows)
+        trim_rows = None if variant != "trim" else int(data.source(name).trim_vocab().size)
+        row = comms_row(Variant(variant), body, d, data.global_vocab_size, 1, trim_rows=trim_rows)
         if variant == "std":  # the mixture worker moves the whole model once per round in this engine
             assert record["bytes_down"][name] == row.std_params_per_round * 4
         else:
@@ -73,14 +75,15 @@ def test_counted_bytes_equal_the_formula(tiny, variant):
         assert record["std_bytes_per_source"] == cfg.train.local_steps * row.std_params_per_round * 4
 
 
-def test_trim_worker_holds_only_its_rows(tiny):
-    cfg = tiny(variant="trim", rounds=1)
-    trainer = Trainer(cfg, log=lambda *_: None)
-    trainer.train()
+@pytest.mark.parametrize("variant", ["trim", "spec"])
+def test_trim_and_spec_workers_hold_only_their_rows(tiny, variant):
+    cfg = tiny(variant=variant, rounds=1)
+    Trainer(cfg, log=lambda *_: None).train()
     record = metrics(cfg)[0]
+    data = PreparedData(cfg.data_dir)
     for name in record["sources"]:
-        rows = trainer.data.source(name).trim_vocab().size
-        assert rows < trainer.data.global_vocab_size
+        rows = data.source(name).trim_vocab().size
+        assert rows < data.global_vocab_size
         assert record["embedding_params_held"][name] == rows * cfg.model.d_model
 
 
@@ -99,11 +102,11 @@ def test_resumed_run_equals_uninterrupted(tiny, tmp_path, variant, every, crash_
     trainer = Trainer(stopped, log=lambda *_: None)
     inner = trainer.engine.run_round
 
-    def crash_in_round_3(plan, shared):
-        if plan.round == crash_round:
-            inner(plan, shared)  # the round's source states are written, then the process dies
+    def crash_in_round_3(assignments):
+        if assignments[0].plan.round == crash_round:
+            inner(assignments)  # the round's source states are written, then the process dies
             raise Crash
-        return inner(plan, shared)
+        return inner(assignments)
 
     trainer.engine.run_round = crash_in_round_3
     with pytest.raises(Crash):
@@ -163,12 +166,10 @@ def test_every_variant_lowers_the_training_loss(tiny, variant):
 def test_spec_opt_evaluates_with_each_sources_own_vocabulary(tiny):
     cfg = tiny(variant="spec_opt", rounds=1, sources_per_round=3)
     results = Trainer(cfg, log=lambda *_: None).train()
-    from dept.data.prepared import PreparedData
-
     data = PreparedData(cfg.data_dir)
     for r in results:
-        assert r["vocab_size"] == data.source(r["source"]).vocab_size("own")
-        assert r["bytes"] > 0 and r["tokens"] > 0
+        assert r.vocab_size == data.source(r.source).vocab_size("own")
+        assert r.bytes > 0 and r.tokens > 0 and r.oov_tokens == 0
 
 
 def test_act_resets_embeddings_at_its_interval(tiny):
@@ -183,31 +184,14 @@ def test_act_resets_embeddings_at_its_interval(tiny):
     assert resets == [2]
 
 
-def test_engine_protocol_is_the_only_seam(tiny):
-    """A custom engine (as torchrun/Flower will be) drives the same loop."""
-    cfg = tiny(variant="spec", rounds=1)
-    trainer = Trainer(cfg, log=lambda *_: None)
-    seen = []
-
-    class Recording(LocalEngine):
-        def run_round(self, plan, shared):
-            seen.append(plan.sources)
-            return super().run_round(plan, shared)
-
-    trainer.engine = Recording(trainer.engine.worker)
-    trainer.train()
-    assert seen and spec_of(Variant.SPEC).embedding == EmbeddingRule.LOCAL
-    assert seen == [r["sources"] for r in metrics(cfg)]  # every round went through the custom engine
-
-
 def test_fedavg_round_sets_body_to_token_weighted_mean_of_local_bodies(tiny):
     cfg = tiny(variant="spec_opt", rounds=1, sources_per_round=3)
     trainer = Trainer(cfg, log=lambda *_: None)
     captured = []
     inner = trainer.engine.run_round
 
-    def spy(plan, shared):
-        updates = inner(plan, shared)
+    def spy(assignments):
+        updates = inner(assignments)
         captured.extend(updates)
         return updates
 
@@ -259,4 +243,4 @@ def test_learned_positions_follow_the_token_rule(tiny, variant):
 def test_bf16_autocast_trains(tiny):
     cfg = tiny(variant="spec", rounds=1, overrides={"train.precision": "bf16"})
     results = Trainer(cfg, log=lambda *_: None).train()
-    assert all(r["loss"] == r["loss"] and r["loss"] < 10 for r in results)
+    assert all(r.loss == r.loss and r.loss < 10 for r in results)

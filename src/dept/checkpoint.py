@@ -1,8 +1,10 @@
-"""Checkpoints: body, global embedding and outer-optimizer state as safetensors, trainer state as JSON.
+"""Checkpoints: body, global embedding and outer-optimizer state as safetensors; trainer state and the resolved
+config beside them.
 
 `RUN/checkpoints/round_RRRRR/` is written under a temporary name, every file with its SHA-256 in
 `manifest.json`, then renamed into place: a folder with that name is complete. Loading verifies every checksum
-and that the checkpoint was made with the same training settings (the config fingerprint).
+and that the checkpoint was made with the same training settings (the config fingerprint). `config.yaml` in the
+folder is the whole resolved config of the run that wrote it, so a checkpoint explains itself when copied alone.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dept.algorithm.types import SharedState
-from dept.atomic_io import publish_dir, sha256_file, write_atomic, write_json_atomic
+from dept.atomic_io import publish_dir, sha256_file, write_atomic, write_json_atomic, write_text_atomic
 from dept.errors import CheckpointError
 
 _NAME = re.compile(r"^round_(\d{5,})$")
@@ -36,7 +38,12 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     write_atomic(path, lambda p: save_file(tensors, str(p)))
 
 
-def save_checkpoint(run_dir: Path, shared: SharedState, state: TrainerState, keep: int) -> Path:
+def checkpoint_round(path: Path) -> int:
+    """The round a checkpoint resumes at (its `next_round`), from its folder name."""
+    return int(_NAME.match(path.name).group(1))
+
+
+def save_checkpoint(run_dir: Path, shared: SharedState, state: TrainerState, config_yaml: str, keep: int) -> Path:
     root = Path(run_dir) / "checkpoints"
     final = root / f"round_{state.next_round:05d}"
     tmp = root / f".round_{state.next_round:05d}.tmp"
@@ -46,6 +53,7 @@ def save_checkpoint(run_dir: Path, shared: SharedState, state: TrainerState, kee
     _save_tensors(tmp / "embedding.safetensors", shared.embedding)
     _save_tensors(tmp / "outer.safetensors", shared.momentum)
     write_json_atomic(tmp / "state.json", state.__dict__)
+    write_text_atomic(tmp / "config.yaml", config_yaml)
     files = sorted(p.name for p in tmp.iterdir())
     write_json_atomic(tmp / "manifest.json", {"files": {f: sha256_file(tmp / f) for f in files}})
     publish_dir(tmp, final)

@@ -81,28 +81,14 @@ def train(config: Annotated[Path | None, typer.Argument(help="YAML config (omit 
 
 @app.command("eval")
 def evaluate(run_dir: Annotated[Path, typer.Argument(help="Run folder")],
-             max_tokens: Annotated[int | None, typer.Option(help="Validation tokens per source")] = None) -> None:
-    """Evaluate a run's last checkpoint on every source: loss, perplexity per token, bits per byte."""
-    from dept.atomic_io import write_json_atomic
-    from dept.checkpoint import latest_checkpoint, load_checkpoint
-    from dept.eval.validation import evaluate_sources, summarize
+             max_bytes: Annotated[int | None, typer.Option(help="Validation bytes per source (whole documents)")]
+             = None) -> None:
+    """Evaluate a run's last checkpoint on every source (needs the prepared data only): loss, perplexity, bits/byte."""
     from dept.report import run_table
-    from dept.training import Trainer, resume_config
+    from dept.training import evaluate_run
 
-    cfg = resume_config(run_dir)
-    if max_tokens:
-        cfg.eval.max_tokens = max_tokens
-    trainer = Trainer(cfg, log=_log)
-    ckpt = latest_checkpoint(cfg.run_dir)
-    if ckpt is None:
-        raise DeptError(f"{run_dir}: no checkpoint to evaluate")
-    shared, state = load_checkpoint(ckpt, cfg.training_fingerprint())
-    results = evaluate_sources(cfg, trainer.spec, trainer.data, shared, trainer.store, state.next_round,
-                               trainer.device)
-    out = {"variant": trainer.spec.variant.value, "round": state.next_round, "results": results,
-           **summarize(results)}
-    write_json_atomic(cfg.run_dir / "eval.json", out)
-    console.print(run_table(out, title=f"{out['variant']} after round {state.next_round}: validation"))
+    out = evaluate_run(run_dir, log=_log, max_bytes=max_bytes)
+    console.print(run_table(out, title=f"{out['variant']} after round {out['round']}: validation"))
 
 
 @app.command()

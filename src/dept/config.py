@@ -165,10 +165,23 @@ class TrainConfig(Strict):
 
 class EvalConfig(Strict):
     every: int = Field(0, ge=0, description="Evaluate every E rounds (0 = only at the end)")
-    max_tokens: int = Field(65536, ge=16, description="Validation tokens per source (cap)")
+    max_bytes: int = Field(262_144, ge=1, description="Validation text per source: the leading whole documents "
+                           "covering this many UTF-8 bytes (the same text for every tokenizer)")
+    max_documents: int = Field(0, ge=0, description="Also stop after this many validation documents (0 = no cap)")
     batch_size: int = Field(16, ge=1, description="Validation windows per forward pass")
+    escape_probability: float = Field(1e-4, gt=0, lt=1, description="TRIM/SPEC tables hold only V_k: a "
+                                      "validation token outside V_k costs -ln(p/|V minus V_k|) nats, the others "
+                                      "-ln(1-p) more")
     unseen_adapt_steps: int = Field(0, ge=0, description="Unseen sources: embedding-only steps on the source's "
                                     "train split before evaluating (frozen body; every variant alike)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_tokens" in data:
+            raise ValueError("max_tokens was replaced by max_bytes (and max_documents): the cap counts text, "
+                             "so every tokenizer scores the same documents")
+        return data
 
 
 class RunConfig(Strict):
@@ -307,10 +320,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return config_from_dict(tree, str(path), base_dir=path.parent.resolve())
 
 
+def resolved_yaml(cfg: Config) -> str:
+    """The resolved config with absolute paths, as YAML: it loads the same from anywhere."""
+    return yaml.safe_dump(cfg.to_resolved_dict(), sort_keys=False, allow_unicode=True)
+
+
 def save_config(cfg: Config, path: Path) -> None:
-    """Write the resolved config with absolute paths, so it loads the same from anywhere."""
-    d = cfg.to_resolved_dict()
-    write_text_atomic(path, yaml.safe_dump(d, sort_keys=False, allow_unicode=True))
+    write_text_atomic(path, resolved_yaml(cfg))
 
 
 def load_saved_config(path: Path) -> Config:

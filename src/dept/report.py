@@ -24,14 +24,16 @@ def _fmt(x: float, digits: int = 4) -> str:
 
 def run_table(results: dict, title: str = "") -> Table:
     table = Table(title=title or f"{results['variant']}: validation")
-    for col in ("source", "loss", "perplexity", "bits/byte", "tokens", "bytes", "vocab", "note"):
+    for col in ("source", "loss", "perplexity", "bits/byte", "tokens", "bytes", "documents", "table rows",
+                "outside table", "note"):
         table.add_column(col, justify="left" if col in ("source", "note") else "right")
     for r in results["results"]:
         name = r["source"] + (" (unseen)" if r["unseen"] else "")
         table.add_row(name, _fmt(r["loss"]), _fmt(r["perplexity"], 2), _fmt(r["bpb"]), str(r["tokens"]),
-                      str(r["bytes"]), str(r["vocab_size"]), r.get("note", ""))
+                      str(r["bytes"]), str(r["documents"]), str(r["vocab_size"]), str(r["oov_tokens"]),
+                      r.get("note", ""))
     table.add_row("mean (trained sources)", _fmt(results["mean_loss"]), "", _fmt(results["mean_bpb"]),
-                  "", "", "", "")
+                  "", "", "", "", "", "")
     return table
 
 

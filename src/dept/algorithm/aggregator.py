@@ -3,15 +3,16 @@
 FedAvg (the paper's outer optimizer) sets θ ← Σ_k w_k θ_k. Nesterov (DiLoCo) takes Δ = θ − Σ_k w_k θ_k as the
 outer gradient: b ← μ·b + Δ; θ ← θ − lr·(Δ + μ·b). GLOB averages the embedding like the body; TRIM averages
 each row over exactly the sources that hold it, w_r = Σ_{k holds r} w_k, and leaves rows no sampled source holds
-untouched (their momentum too); SPEC sends no embedding.
+untouched (their momentum too); SPEC sends no embedding. The STD/ACT baselines are plain synchronous training:
+their single participant's model is adopted as it is, whatever outer optimizer is configured.
 """
 
 from __future__ import annotations
 
 import torch
 
-from dept.algorithm.types import SharedState, TensorDict, WorkerUpdate
-from dept.algorithm.variants import EmbeddingRule, VariantSpec
+from dept.algorithm.types import SharedState, TableRows, TensorDict, WholeTable, WorkerUpdate
+from dept.algorithm.variants import Rows, VariantSpec
 from dept.config import OuterOptConfig
 
 
@@ -62,33 +63,57 @@ class Aggregator:
     def apply(self, shared: SharedState, updates: list[WorkerUpdate]) -> None:
         if not updates:
             return
-        weights = aggregation_weights(updates, self.by_tokens)
         keys = set(shared.body)
         for u in updates:
             if set(u.body) != keys:
-                raise ValueError(f"update from '{u.source}' has body tensors {sorted(set(u.body) ^ keys)} "
+                raise ValueError(f"update from '{u.key}' has body tensors {sorted(set(u.body) ^ keys)} "
                                  "that do not match the shared body")
+            self._check_payload(u)
+        if not self.spec.uses_outer_optimizer:
+            self._adopt(shared, updates)
+            return
+        weights = aggregation_weights(updates, self.by_tokens)
         for name, target in self._mean_dict([u.body for u in updates], weights).items():
             self._outer_step(shared, f"body.{name}", shared.body[name], target)
-
-        if self.spec.embedding == EmbeddingRule.SHARED:
-            for name, target in self._mean_dict([u.embedding for u in updates], weights).items():
+        if not self.spec.has_global_embedding:
+            return
+        if self.spec.rows == Rows.ALL:
+            tables = [u.embedding.tensors for u in updates]
+            for name, target in self._mean_dict(tables, weights).items():
                 self._outer_step(shared, f"embedding.{name}", shared.embedding[name], target)
-        elif self.spec.embedding == EmbeddingRule.ROWS:
+        else:
             self._apply_rows(shared, updates, weights)
+
+    def _check_payload(self, u: WorkerUpdate) -> None:
+        want = None if not self.spec.has_global_embedding else WholeTable if self.spec.rows == Rows.ALL else TableRows
+        got = type(u.embedding) if u.embedding is not None else None
+        if got is not want:
+            raise ValueError(f"update from '{u.key}' carries {got.__name__ if got else 'no embedding'}, "
+                             f"{self.spec.variant.value} expects {want.__name__ if want else 'none'}")
+
+    @staticmethod
+    def _adopt(shared: SharedState, updates: list[WorkerUpdate]) -> None:
+        """STD/ACT: one participant trains the one model; its state becomes the shared state unchanged."""
+        if len(updates) != 1:
+            raise ValueError(f"a baseline round has one participant, got {len(updates)}")
+        (u,) = updates
+        for name, value in u.body.items():
+            shared.body[name].copy_(value)
+        for name, value in u.embedding.tensors.items():
+            shared.embedding[name].copy_(value)
 
     def _apply_rows(self, shared: SharedState, updates: list[WorkerUpdate], weights: list[float]) -> None:
         table = shared.embedding["tokens"]
         acc = torch.zeros_like(table, dtype=torch.float32)
         held_weight = torch.zeros(table.shape[0], dtype=torch.float32)
         for u, w in zip(updates, weights, strict=True):
-            ids = u.row_ids.long()
-            acc.index_add_(0, ids, u.embedding["tokens"].float(), alpha=w)
+            ids = u.embedding.ids.long()
+            acc.index_add_(0, ids, u.embedding.tensors["tokens"].float(), alpha=w)
             held_weight.index_add_(0, ids, torch.full((ids.numel(),), w))
         held = torch.nonzero(held_weight > 0).squeeze(1)
         target = torch.zeros_like(acc)
         target[held] = acc[held] / held_weight[held].unsqueeze(1)
         self._outer_step(shared, "embedding.tokens", table, target, rows=held)
         if "positions" in shared.embedding:  # every source holds every position: averaged like the body
-            target = weighted_mean([u.embedding["positions"] for u in updates], weights)
+            target = weighted_mean([u.embedding.tensors["positions"] for u in updates], weights)
             self._outer_step(shared, "embedding.positions", shared.embedding["positions"], target)

@@ -4,7 +4,8 @@ A source's state (its own embedding in SPEC/SPEC-OPT, its AdamW state, its data-
 `DIR/NAME/rRRRRR.safetensors` + `.json` after the round RRRRR that trained it. Loading for round t takes the
 newest version written before t, so a run resumed from the checkpoint of round t never sees a version that a
 killed round wrote after it; `prune` drops versions no checkpoint can need. Only the active source's state is ever
-in memory, so memory does not grow with the number of sources.
+in memory, so memory does not grow with the number of sources. The store belongs to the worker that serves the
+source (in a federation, to the source's site); the coordinator never reads it.
 """
 
 from __future__ import annotations
@@ -91,18 +92,10 @@ class SourceStore:
             "streams": {k: {"epoch": v.epoch, "cursor": v.cursor} for k, v in state.streams.items()},
         })
 
-    def discard_from(self, round_index: int) -> None:
-        """Remove versions written in or after `round_index` (left by a run killed before its checkpoint)."""
-        for folder in self.root.glob("*/"):
-            for v in self._versions(folder.name):
-                if v >= round_index:
-                    for suffix in (".json", ".safetensors"):
-                        (folder / f"r{v:06d}{suffix}").unlink(missing_ok=True)
-
-    def prune(self, keep_before_round: int) -> None:
-        """Keep, per source, the newest version before `keep_before_round` and everything after it."""
-        for folder in self.root.glob("*/"):
-            old = [v for v in self._versions(folder.name) if v < keep_before_round][:-1]
-            for v in old:
-                for suffix in (".json", ".safetensors"):
-                    (folder / f"r{v:06d}{suffix}").unlink(missing_ok=True)
+    def prune(self, name: str, keep_from_round: int) -> None:
+        """Drop the source's versions that no resume from round `keep_from_round` or later can need: keep the
+        newest version before it and everything after it. A killed round's versions need no discarding: the
+        resumed run trains the same sources in that round again (sampling is seeded by round) and overwrites them."""
+        for v in [v for v in self._versions(name) if v < keep_from_round][:-1]:
+            for suffix in (".json", ".safetensors"):
+                (self.root / name / f"r{v:06d}{suffix}").unlink(missing_ok=True)

@@ -1,43 +1,114 @@
-"""The one place that says, per variant, which vocabulary is used and what is shared, local and sent."""
+"""The one place that says, per variant, which vocabulary a source uses, what its table holds, and what is sent.
+
+| variant  | vocabulary | table rows  | embedding    | downloaded / uploaded each round     | outer optimizer |
+|----------|------------|-------------|--------------|---------------------------------------|-----------------|
+| GLOB     | global     | all of V    | shared       | body + whole table                    | yes             |
+| TRIM     | global     | V_k         | shared rows  | body + its rows (+ their ids up)      | yes             |
+| SPEC     | global     | V_k         | local        | body                                  | yes             |
+| SPEC-OPT | own        | all its own | local        | body                                  | yes             |
+| STD, ACT | global     | all of V    | shared       | (one participant: the mixture)        | no: plain sync  |
+
+V_k = the global token ids occurring in source k's training split (`trim_vocab.npy`). A table that holds only
+V_k also restricts that source's softmax to V_k (tied head); how a token outside V_k is scored in evaluation is
+`eval.perplexity.HeldRows`. Callers ask this table; they never branch on the variant's name.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
+import torch
+
+from dept.algorithm.types import (
+    Download,
+    EmbeddingPayload,
+    SharedState,
+    SourceProfile,
+    TableRows,
+    TensorDict,
+    WholeTable,
+)
 from dept.config import Variant
+from dept.data.prepared import GLOBAL, OWN
 
 
-class EmbeddingRule(StrEnum):
-    SHARED = "shared"  # one global table, downloaded whole and averaged like the body (GLOB, STD, ACT)
-    ROWS = "rows"  # the source's rows of the global table, averaged per row over their holders (TRIM)
-    LOCAL = "local"  # the source's own table, never sent (SPEC, SPEC-OPT)
+class Rows(StrEnum):
+    ALL = "all"  # the whole vocabulary of the tokenizer in use
+    HELD = "held"  # only V_k, the global ids in the source's training data
+
+
+class Sharing(StrEnum):
+    SHARED = "shared"  # part of the aggregated global table
+    LOCAL = "local"  # the source's own, never sent
+
+
+def _clone(tensors: TensorDict) -> TensorDict:
+    return {k: v.clone() for k, v in tensors.items()}
 
 
 @dataclass(frozen=True)
 class VariantSpec:
     variant: Variant
-    vocabulary: str  # "global" or "own" (per-source tokenizer)
-    embedding: EmbeddingRule
-    baseline: bool  # STD/ACT: one model on the temperature-sampled mixture, per-step sync
+    vocabulary: str  # GLOBAL or OWN (the source's own tokenizer)
+    rows: Rows
+    sharing: Sharing
+    baseline: bool = False  # STD/ACT: one model on the temperature-sampled mixture, plain synchronous training
     resets_embedding: bool = False  # ACT (active forgetting)
 
     @property
     def has_global_embedding(self) -> bool:
-        return self.embedding != EmbeddingRule.LOCAL
+        return self.sharing == Sharing.SHARED
+
+    @property
+    def uses_outer_optimizer(self) -> bool:
+        """DEPT variants aggregate with FedAvg/Nesterov; the baselines adopt their single model as it is."""
+        return not self.baseline
+
+    def held_ids(self, trim_vocab: np.ndarray) -> np.ndarray | None:
+        """The global ids a source's table holds, given its V_k; None = the whole vocabulary."""
+        return trim_vocab if self.rows == Rows.HELD else None
+
+    # ---- what travels --------------------------------------------------------------------------------------
+
+    def _shared_table(self, shared: SharedState, profile: SourceProfile, copy: bool) -> EmbeddingPayload:
+        if not self.has_global_embedding:
+            return None
+        if self.rows == Rows.ALL:
+            return WholeTable(_clone(shared.embedding) if copy else dict(shared.embedding))
+        ids = torch.from_numpy(profile.held_ids).long()
+        tensors = {"tokens": shared.embedding["tokens"][ids]}  # indexing copies
+        if "positions" in shared.embedding:  # every source holds every position
+            tensors["positions"] = shared.embedding["positions"].clone() if copy else shared.embedding["positions"]
+        return TableRows(tensors)
+
+    def download(self, shared: SharedState, profile: SourceProfile) -> Download:
+        """Body + GLOB/STD/ACT: the whole table; TRIM: the source's rows; SPEC/SPEC-OPT: nothing else."""
+        return Download(_clone(shared.body), self._shared_table(shared, profile, copy=True))
+
+    def eval_table(self, shared: SharedState, profile: SourceProfile) -> EmbeddingPayload:
+        """The table a source is evaluated with, read-only: the shared one (or its rows) where there is one."""
+        return self._shared_table(shared, profile, copy=False)
+
+    def upload(self, tensors: TensorDict, held_ids: torch.Tensor | None) -> EmbeddingPayload:
+        """What a worker sends of its trained table: GLOB the whole, TRIM its rows with their ids, SPEC nothing."""
+        if not self.has_global_embedding:
+            return None
+        tensors = {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
+        if self.rows == Rows.ALL:
+            return WholeTable(tensors)
+        return TableRows(tensors, held_ids.to(torch.int32))
 
 
 SPECS: dict[Variant, VariantSpec] = {
-    Variant.GLOB: VariantSpec(Variant.GLOB, "global", EmbeddingRule.SHARED, baseline=False),
-    Variant.TRIM: VariantSpec(Variant.TRIM, "global", EmbeddingRule.ROWS, baseline=False),
-    Variant.SPEC: VariantSpec(Variant.SPEC, "global", EmbeddingRule.LOCAL, baseline=False),
-    Variant.SPEC_OPT: VariantSpec(Variant.SPEC_OPT, "own", EmbeddingRule.LOCAL, baseline=False),
-    Variant.STD: VariantSpec(Variant.STD, "global", EmbeddingRule.SHARED, baseline=True),
-    Variant.ACT: VariantSpec(Variant.ACT, "global", EmbeddingRule.SHARED, baseline=True, resets_embedding=True),
+    Variant.GLOB: VariantSpec(Variant.GLOB, GLOBAL, Rows.ALL, Sharing.SHARED),
+    Variant.TRIM: VariantSpec(Variant.TRIM, GLOBAL, Rows.HELD, Sharing.SHARED),
+    Variant.SPEC: VariantSpec(Variant.SPEC, GLOBAL, Rows.HELD, Sharing.LOCAL),
+    Variant.SPEC_OPT: VariantSpec(Variant.SPEC_OPT, OWN, Rows.ALL, Sharing.LOCAL),
+    Variant.STD: VariantSpec(Variant.STD, GLOBAL, Rows.ALL, Sharing.SHARED, baseline=True),
+    Variant.ACT: VariantSpec(Variant.ACT, GLOBAL, Rows.ALL, Sharing.SHARED, baseline=True, resets_embedding=True),
 }
-
-# The pseudo-source that trains the STD/ACT baselines on the mixture of all trained sources.
-MIXTURE = "mixture"
 
 
 def spec_of(variant: Variant) -> VariantSpec:

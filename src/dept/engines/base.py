@@ -1,14 +1,26 @@
-"""The engine protocol: run one round's workers and return their updates, with the bytes moved."""
+"""The engine protocol: deliver what the coordinator configured to the workers, and bring their replies back.
+
+An engine decides nothing about the method: the coordinator (`dept.algorithm.coordinator`) says what each
+participant receives and combines the replies. An engine reports, per assignment, the bytes it really moved.
+"""
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from dept.algorithm.types import RoundPlan, SharedState, WorkerUpdate
+from dept.algorithm.types import Assignment, EvalAssignment, Participant, SourceEval, SourceProfile, WorkerUpdate
 
 
 class Engine(Protocol):
-    def run_round(self, plan: RoundPlan, shared: SharedState) -> list[WorkerUpdate]:
-        """Train every source of `plan` from `shared` (not modified) and return one update per source,
-        in plan order, each with `bytes_down` set to the bytes the engine handed that worker."""
+    def profiles(self, participants: list[Participant]) -> list[SourceProfile]:
+        """Ask each participant's worker for its profile (the shape of its table), once, before round 0."""
+        ...
+
+    def run_round(self, assignments: list[Assignment]) -> list[WorkerUpdate]:
+        """Deliver each assignment to the worker of its participant; return one update per assignment, in
+        order, each with `moved` set to the bytes the engine carried down and up for it."""
+        ...
+
+    def evaluate(self, assignments: list[EvalAssignment]) -> list[SourceEval]:
+        """Evaluate each source where its data lives; one result per assignment, in order."""
         ...

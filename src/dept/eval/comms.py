@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dept.algorithm.variants import Rows, spec_of
 from dept.config import ModelConfig, Variant
+from dept.data.prepared import GLOBAL
 
 
 def body_parameters(n_layers: int, d_model: int, d_mlp: int, mlp: str = "swiglu", norms: bool = True) -> int:
@@ -43,28 +45,24 @@ class CommsRow:
 def comms_row(variant: Variant, body: int, d_model: int, global_vocab: int, local_steps: int,
               trim_rows: int | None = None, own_vocab: int | None = None, positions: int = 0,
               dtype_bytes: int = 4) -> CommsRow:
-    """Parameters and bytes one sampled source moves per round. `positions`: learned position rows (0 = RoPE)."""
+    """Parameters and bytes one sampled source moves per round, from the variant table.
+
+    `trim_rows`: |V_k| of a table that holds only the source's rows (TRIM, SPEC; default all of V);
+    `own_vocab`: SPEC-OPT's own vocabulary; `positions`: learned position rows (0 = RoPE).
+    """
+    spec = spec_of(variant)
     pos = positions * d_model
     full = body + global_vocab * d_model + pos
-    variant = Variant(variant)
-    id_bytes = 0
-    if variant in (Variant.GLOB, Variant.STD, Variant.ACT):
-        down = up = full
-        held = global_vocab * d_model + pos
-    elif variant == Variant.TRIM:
+    if spec.rows == Rows.HELD:
         rows = global_vocab if trim_rows is None else trim_rows
-        down = up = body + rows * d_model + pos
-        held = rows * d_model + pos
-        id_bytes = 4 * rows
-    elif variant == Variant.SPEC:
-        down = up = body
-        held = global_vocab * d_model + pos
     else:
-        down = up = body
-        held = (own_vocab or global_vocab) * d_model + pos
-    if variant in (Variant.STD, Variant.ACT):
-        down = up = local_steps * full
-    return CommsRow(variant.value, down, up, down * dtype_bytes, up * dtype_bytes + id_bytes, held,
+        rows = global_vocab if spec.vocabulary == GLOBAL else (own_vocab or global_vocab)
+    held = rows * d_model + pos
+    sent = body + (held if spec.has_global_embedding else 0)
+    id_bytes = 4 * rows if spec.has_global_embedding and spec.rows == Rows.HELD else 0  # int32 row ids, up
+    if spec.baseline:  # one all-reduce of every parameter per sequential step
+        sent = local_steps * full
+    return CommsRow(spec.variant.value, sent, sent, sent * dtype_bytes, sent * dtype_bytes + id_bytes, held,
                     local_steps * full)
 
 

@@ -1,11 +1,15 @@
-"""Evaluate every source (trained and unseen) with the model the variant gives it.
+"""Evaluate one source where its data lives, with the model the variant gives it; typed results back.
 
-GLOB, TRIM, STD and ACT own one global embedding: every source is evaluated with body + global table over the
-full global vocabulary. SPEC and SPEC-OPT evaluate each trained source with its own table (and, for SPEC-OPT, its
-own tokenizer). Unseen sources: with `eval.unseen_adapt_steps` > 0, every variant first trains the table it
-would use (the global one, or a fresh one in SPEC/SPEC-OPT, which have none) for that many steps around the
-frozen body on the source's train split, the same budget for all (noted in the results); with 0, the global
-table zero-shot, or the fresh seeded table.
+The coordinator sends each source the body and, where the variant shares one, its table (GLOB/STD/ACT: the whole
+global table; TRIM: the source's rows of it). SPEC and SPEC-OPT evaluate with the source's own table as saved
+(SPEC-OPT also with its own tokenizer). Tables of V_k rows (TRIM, SPEC) score tokens outside V_k by the escape
+rule of `eval.perplexity`. Every variant scores the same leading whole documents of the validation split
+(`eval.max_bytes`, `eval.max_documents`), so its bits per byte cover the same text.
+
+Unseen sources: with `eval.unseen_adapt_steps` > 0, every variant first trains the table it would use (the shared
+one or its rows, or a fresh one in SPEC/SPEC-OPT, which have none) for that many steps around the frozen body on
+the source's train split, the same budget and the same training step for all (noted in the results); with 0, the
+shared table zero-shot, or the fresh seeded table.
 """
 
 from __future__ import annotations
@@ -16,63 +20,64 @@ import numpy as np
 import torch
 
 from dept.algorithm.adapt import adapt_embedding
+from dept.algorithm.participants import LocalData, row_map
 from dept.algorithm.runtime import autocast_context
 from dept.algorithm.source_store import SourceStore
-from dept.algorithm.types import SharedState
+from dept.algorithm.tables import own_embedding, received_embedding
+from dept.algorithm.types import EvalAssignment, SourceEval
 from dept.algorithm.variants import VariantSpec
-from dept.algorithm.worker import own_embedding
 from dept.config import Config
-from dept.data.prepared import GLOBAL, PreparedData
-from dept.data.stream import WindowStream
-from dept.eval.perplexity import evaluate_tokens
-from dept.model import Body, LanguageModel, SourceEmbedding
+from dept.data.prepared import GLOBAL
+from dept.eval.perplexity import HeldRows, evaluate_tokens, leading_documents
+from dept.model import Body, LanguageModel
 
 
-def _body(cfg: Config, shared: SharedState) -> Body:
-    body = Body(cfg.model)
-    body.load_state_dict(shared.body)
-    return body
+class SourceEvaluator:
+    def __init__(self, cfg: Config, spec: VariantSpec, data: LocalData, store: SourceStore, device: torch.device):
+        self.cfg, self.spec, self.data, self.store, self.device = cfg, spec, data, store, device
 
+    def _byte_lengths(self, name: str) -> np.ndarray:
+        prepared = self.data.data
+        return prepared.global_byte_lengths if self.spec.vocabulary == GLOBAL else prepared.own_byte_lengths(name)
 
-def evaluate_sources(cfg: Config, spec: VariantSpec, data: PreparedData, shared: SharedState,
-                     store: SourceStore, before_round: int, device: torch.device) -> list[dict]:
-    names = [s.name for s in cfg.data.sources]
-    results = []
-    for index, src_cfg in enumerate(cfg.data.sources):
-        src = data.source(src_cfg.name)
-        vocab = spec.vocabulary
+    def evaluate(self, assignment: EvalAssignment) -> SourceEval:
+        cfg, source = self.cfg, assignment.source
+        profile = self.data.profile(source)
         note = ""
-        if spec.has_global_embedding:
-            emb = SourceEmbedding(data.global_vocab_size, cfg.model)
-            emb.load_tensors(shared.embedding)
-            lengths = data.global_byte_lengths
+        if self.spec.has_global_embedding:
+            emb = received_embedding(profile, cfg.model, assignment.embedding)
         else:
-            state = store.load(src_cfg.name, before_round)
-            emb = own_embedding(src.vocab_size(vocab), cfg, state.embedding if state else None, index)
-            lengths = data.global_byte_lengths if vocab == GLOBAL else data.own_byte_lengths(src_cfg.name)
-            if state is None and not src_cfg.unseen:
+            state = self.store.load(source.key, assignment.before_round)
+            emb = own_embedding(profile, cfg.model, cfg.run.seed, state.embedding if state else None)
+            if state is None and not profile.unseen:
                 note = "never sampled"
-        body = _body(cfg, shared)
-        if src_cfg.unseen and cfg.eval.unseen_adapt_steps > 0:
-            stream = WindowStream(src.tokens(vocab, "train"), cfg.train.seq_len, cfg.train.batch_size,
-                                  cfg.run.seed, names.index(src_cfg.name), src_cfg.name)
-            adapt_embedding(body, emb, stream, cfg.eval.unseen_adapt_steps, cfg.train.inner.lr, device)
+        body = Body(cfg.model)
+        body.load_state_dict(assignment.body)
+        if profile.unseen and cfg.eval.unseen_adapt_steps > 0:
+            stream = self.data.window_stream(source, cfg.train.batch_size, profile.held_ids)
+            adapt_embedding(body, emb, stream, cfg.eval.unseen_adapt_steps, cfg.train.inner, self.device,
+                            cfg.train.precision)
             note = f"embedding adapted {cfg.eval.unseen_adapt_steps} steps"
-        lm = LanguageModel(body, emb).to(device)
-        res = evaluate_tokens(lm, src.tokens(vocab, "val"), lengths, cfg.train.seq_len, cfg.eval.max_tokens,
-                              cfg.eval.batch_size, device,
-                              functools.partial(autocast_context, device, cfg.train.precision))
-        results.append({"source": src_cfg.name, "unseen": src_cfg.unseen, "loss": res.loss,
-                        "perplexity": res.perplexity, "bpb": res.bits_per_byte, "tokens": res.tokens,
-                        "bytes": res.bytes, "vocab_size": emb.vocab_size, "note": note})
-    return results
+
+        lengths = self._byte_lengths(source.name)
+        val = self.data.data.source(source.name).tokens(self.spec.vocabulary, "val")
+        kept, documents = leading_documents(val, lengths, cfg.eval.max_bytes, cfg.eval.max_documents)
+        held = None
+        if profile.held_ids is not None:
+            held = HeldRows(row_map(profile.held_ids, profile.vocab_size), cfg.eval.escape_probability)
+        lm = LanguageModel(body, emb).to(self.device)
+        res = evaluate_tokens(lm, val[:kept], lengths, cfg.train.seq_len, cfg.eval.batch_size, self.device,
+                              functools.partial(autocast_context, self.device, cfg.train.precision), held)
+        return SourceEval(source=source.name, unseen=profile.unseen, loss=res.loss, perplexity=res.perplexity,
+                          bpb=res.bits_per_byte, tokens=res.tokens, bytes=res.bytes, documents=documents,
+                          vocab_size=emb.vocab_size, oov_tokens=res.oov_tokens, note=note)
 
 
-def summarize(results: list[dict]) -> dict:
-    seen = [r for r in results if not r["unseen"]]
-    unseen = [r for r in results if r["unseen"]]
-    out = {"mean_bpb": float(np.mean([r["bpb"] for r in seen])) if seen else float("nan"),
-           "mean_loss": float(np.mean([r["loss"] for r in seen])) if seen else float("nan")}
+def summarize(results: list[SourceEval]) -> dict:
+    seen = [r for r in results if not r.unseen]
+    unseen = [r for r in results if r.unseen]
+    out = {"mean_bpb": float(np.mean([r.bpb for r in seen])) if seen else float("nan"),
+           "mean_loss": float(np.mean([r.loss for r in seen])) if seen else float("nan")}
     if unseen:
-        out["mean_bpb_unseen"] = float(np.mean([r["bpb"] for r in unseen]))
+        out["mean_bpb_unseen"] = float(np.mean([r.bpb for r in unseen]))
     return out

@@ -44,8 +44,11 @@ class SourceEmbedding(nn.Module):
         for name, table in self.tensors().items():
             table.copy_(tensors[name])
 
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, ids: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+        """Token (+ position) vectors; where `known` is False the token has no row and contributes zeros."""
         h = self.tokens(ids)  # (B, T, C)
+        if known is not None:
+            h = h * known.unsqueeze(-1).to(h.dtype)
         if self.positions is not None:
             h = h + self.positions.weight[: ids.shape[1]]
         return h

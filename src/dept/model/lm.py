@@ -41,8 +41,8 @@ class LanguageModel(nn.Module):
         self.body = body
         self.embedding = embedding
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.embedding.logits(self.body(self.embedding.embed(ids)))
+    def forward(self, ids: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+        return self.embedding.logits(self.body(self.embedding.embed(ids, known)))
 
     def token_losses(self, windows: torch.Tensor) -> torch.Tensor:
         """Per-token loss in nats of predicting windows[:, 1:] from windows[:, :-1]: (B, T)."""

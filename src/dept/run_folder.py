@@ -1,0 +1,110 @@
+"""The run folder, written only by the coordinator through this one object.
+
+```
+RUN/config.yaml                   the resolved config the run was started with
+RUN/data.json                     fingerprints of the prepared data it trained on
+RUN/metrics.jsonl                 one JSON object per line: `round` and `eval` events
+RUN/results.json                  the final per-source results, totals of bytes moved
+RUN/eval.json                     written by `dept eval`
+RUN/checkpoints/round_RRRRR/      see `dept.checkpoint` (each holds the resolved config too)
+RUN/sources/NAME/                 per-source state: the workers' (see `algorithm.source_store`), not this object's
+```
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from dept.algorithm.types import SharedState
+from dept.atomic_io import write_json_atomic, write_text_atomic
+from dept.checkpoint import (
+    TrainerState,
+    checkpoint_round,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from dept.config import Config, load_saved_config, resolved_yaml, save_config
+from dept.errors import CheckpointError
+
+
+class RunFolder:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.config_path = self.path / "config.yaml"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.results_path = self.path / "results.json"
+        self.data_path = self.path / "data.json"
+
+    # ---- config -----------------------------------------------------------------------------------------------
+
+    def create(self, cfg: Config, data_fingerprints: dict | None) -> None:
+        """Start a new run here: refuse a folder that holds anything, then write the config."""
+        if self.latest_checkpoint() is not None or self.metrics_path.exists():
+            raise CheckpointError(f"{self.path} already holds a run: use --resume, or another run.dir")
+        if self.path.exists() and any(self.path.iterdir()):
+            raise CheckpointError(f"{self.path} exists and is not empty: choose another run.dir")
+        self.path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.config_path)
+        if data_fingerprints is not None:
+            write_json_atomic(self.data_path, data_fingerprints)
+
+    def saved_config(self) -> Config:
+        if not self.config_path.is_file():
+            raise CheckpointError(f"{self.path}: not a run folder (no config.yaml)")
+        return load_saved_config(self.config_path)
+
+    def data_fingerprints(self) -> dict | None:
+        return json.loads(self.data_path.read_text()) if self.data_path.is_file() else None
+
+    # ---- metrics and results ----------------------------------------------------------------------------------
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def metrics(self, event: str | None = None) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        records = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a stop
+            if event is None or record.get("event") == event:
+                records.append(record)
+        return records
+
+    def truncate_metrics(self, next_round: int) -> None:
+        """Keep the records of rounds before `next_round` (a resumed run writes the later ones again)."""
+        if not self.metrics_path.exists():
+            return
+        kept = [r for r in self.metrics() if isinstance(r.get("round"), int) and r["round"] < next_round]
+        write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def write_results(self, results: dict, name: str = "results.json") -> None:
+        write_json_atomic(self.path / name, results)
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+
+    def latest_checkpoint(self) -> Path | None:
+        return latest_checkpoint(self.path)
+
+    def oldest_checkpoint_round(self) -> int:
+        found = list_checkpoints(self.path)
+        return checkpoint_round(found[0]) if found else 0
+
+    def save_checkpoint(self, cfg: Config, shared: SharedState, next_round: int, variant: str) -> Path:
+        state = TrainerState(next_round, cfg.training_fingerprint(), variant, torch.get_rng_state().tolist())
+        return save_checkpoint(self.path, shared, state, resolved_yaml(cfg), keep=cfg.train.keep_checkpoints)
+
+    def load_latest(self, fingerprint: str | None) -> tuple[SharedState, TrainerState]:
+        ckpt = self.latest_checkpoint()
+        if ckpt is None:
+            raise CheckpointError(f"{self.path}: no checkpoint")
+        return load_checkpoint(ckpt, fingerprint)
