@@ -14,7 +14,7 @@ What is compared
 ----------------
 * ours   = `dept.model.LanguageModel(Body(cfg), SourceEmbedding(vocab, cfg))` with
            `ModelConfig(d_model, n_layers, n_heads, max_seq_len=seq)`; loss = `LanguageModel.loss(windows)`, i.e.
-           exactly what `dept.algorithm.worker.Worker.run` calls.
+           exactly what `dept.algorithm.worker.Worker.train` calls.
 * theirs = `LlamaForCausalLM` with the same hidden size, intermediate_size = `cfg.mlp_hidden`, num_key_value_heads =
            num_heads, tied embeddings, rms_norm_eps 1e-5, rope_theta 10000, attn_implementation="sdpa", no biases,
            use_cache=False. Its weights are COPIED from ours (q/k/v from our fused qkv, gate/up from our fused

@@ -141,8 +141,8 @@ def test_compare_reuses_finished_runs_only_of_the_same_config(prepared_root, tmp
     assert_one_line_error(bad, "unknown variant 'nope'")
 
 
-def test_eval_needs_only_the_prepared_data(tmp_path):
-    """The raw corpus is gone (a site that kept only its prepared folder): `dept eval` still evaluates the run."""
+def prepared_and_trained(tmp_path: Path) -> Path:
+    """A corpus of its own, prepared, and one round of SPEC trained on it: the config's path."""
     write_corpus(tmp_path / "corpus", docs_per_source=30)
     tree = tiny_tree(tmp_path)
     tree["train"].update(rounds=1, variant="spec")
@@ -150,6 +150,12 @@ def test_eval_needs_only_the_prepared_data(tmp_path):
     assert dept("prepare", cfg).returncode == 0
     trained = dept("train", cfg)
     assert trained.returncode == 0, trained.stderr
+    return cfg
+
+
+def test_eval_needs_only_the_prepared_data(tmp_path):
+    """The raw corpus is gone (a site that kept only its prepared folder): `dept eval` still evaluates the run."""
+    prepared_and_trained(tmp_path)
     checkpoint = tmp_path / "run" / "checkpoints" / "round_00001"
     assert (checkpoint / "config.yaml").read_text() == (tmp_path / "run" / "config.yaml").read_text()
     for f in (tmp_path / "corpus").iterdir():
@@ -164,12 +170,7 @@ def test_eval_needs_only_the_prepared_data(tmp_path):
 
 
 def test_eval_refuses_prepared_data_that_changed_since_training(tmp_path):
-    write_corpus(tmp_path / "corpus", docs_per_source=30)
-    tree = tiny_tree(tmp_path)
-    tree["train"].update(rounds=1, variant="spec")
-    cfg = write_config(tmp_path / "c.yaml", tree)
-    assert dept("prepare", cfg).returncode == 0
-    assert dept("train", cfg).returncode == 0
+    cfg = prepared_and_trained(tmp_path)
     assert dept("prepare", cfg, "data.val_fraction=0.2").returncode == 0
     assert_one_line_error(dept("eval", tmp_path / "run"), "changed since", "trained on it")
 

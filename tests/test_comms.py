@@ -42,3 +42,16 @@ def test_body_parameter_count_matches_the_module():
 
     assert body_parameters_of(cfg) == sum(p.numel() for p in Body(cfg).parameters())
     assert body_parameters(24, 2048, 8192, "gelu", norms=False) == 12 * 24 * 2048**2
+
+
+def test_spec_holds_the_same_rows_as_trim_and_sends_only_the_body():
+    trim = comms_row(Variant.TRIM, body=1000, d_model=4, global_vocab=100, local_steps=10, trim_rows=30)
+    spec = comms_row(Variant.SPEC, body=1000, d_model=4, global_vocab=100, local_steps=10, trim_rows=30)
+    assert spec.embedding_params_held == trim.embedding_params_held == 30 * 4
+    assert spec.bytes_down == spec.bytes_up == 1000 * 4
+
+
+def test_baselines_move_every_parameter_at_every_step():
+    for variant in (Variant.STD, Variant.ACT):
+        row = comms_row(variant, body=1000, d_model=4, global_vocab=100, local_steps=10)
+        assert row.params_up == row.params_down == 10 * (1000 + 100 * 4) == row.std_params_per_round

@@ -162,11 +162,15 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
         cfg = load_config(config)
         n_layers, d_model, d_mlp, mlp = cfg.model.n_layers, cfg.model.d_model, cfg.model.mlp_hidden, "swiglu"
         local_steps = cfg.train.local_steps
-        try:
-            vocab = PreparedData(cfg.data_dir).global_vocab_size
+        own_vocab = cfg.data.tokenizer.per_source.vocab_size
+        try:  # the prepared data's real sizes: mean |V_k| (TRIM/SPEC rows) and mean own vocabulary
+            data = PreparedData(cfg.data_dir)
+            vocab = data.global_vocab_size
+            trained = [data.source(s.name) for s in cfg.trained_sources]
+            trim_fraction = sum(src.trim_vocab().size for src in trained) / len(trained) / vocab
+            own_vocab = round(sum(src.vocab_size("own") for src in trained) / len(trained))
         except DeptError:
             vocab = cfg.data.tokenizer.global_.vocab_size
-        own_vocab = cfg.data.tokenizer.per_source.vocab_size
     d_mlp = d_mlp or 4 * d_model
     body = body_params or body_parameters(n_layers, d_model, d_mlp, mlp)
     table = Table(title=f"per sampled source per round (N={local_steps}): body {body / 1e6:.1f}M, "

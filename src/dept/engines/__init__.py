@@ -1,4 +1,4 @@
-"""Engines move `Download`s and `WorkerUpdate`s between the aggregator and workers; they never train."""
+"""Engines move `Assignment`s to workers and `WorkerUpdate`s back (and evaluation likewise); they decide nothing."""
 
 from dept.engines.base import Engine
 from dept.engines.local import LocalEngine
