@@ -72,11 +72,17 @@ def train(config: Annotated[Path | None, typer.Argument(help="YAML config (omit 
     else:
         cfg = load_config(config, overrides)
     trainer = Trainer(cfg, log=_log)
-    trainer.train(resume=resume is not None)
-    from dept.report import load_results
+    try:
+        trainer.train(resume=resume is not None)
+    finally:
+        close = getattr(trainer.engine, "close", None)
+        if close is not None:
+            close()
+    if trainer.writes:
+        from dept.report import load_results
 
-    console.print(run_table(load_results(cfg.run_dir)))
-    _log(f"run folder: {cfg.run_dir}")
+        console.print(run_table(load_results(cfg.run_dir)))
+        _log(f"run folder: {cfg.run_dir}")
 
 
 @app.command("eval")

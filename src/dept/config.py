@@ -156,7 +156,10 @@ class TrainConfig(Strict):
     std_batch_size: int = Field(0, ge=0, description="STD/ACT batch (0 = batch_size × sources_per_round)")
     act_reset_every: int = Field(0, ge=0,
                                  description="ACT: re-initialise embeddings every this many steps (0 = local_steps)")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    engine: str = Field("auto", pattern="^(auto|local|torchrun|flower)$",
+                        description="auto (torchrun when launched by torchrun or a process group exists, else "
+                        "local), local (one process), torchrun (torch.distributed), flower (Flower simulation)")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N (torchrun: cuda = the rank's LOCAL_RANK GPU)")
     precision: str = Field("fp32", pattern="^(fp32|bf16)$", description="bf16 = autocast on CUDA/CPU")
     checkpoint_every: int = Field(1, ge=1, description="Checkpoint every this many rounds")
     keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept")
@@ -247,7 +250,7 @@ class Config(Strict):
         d["run"] = {"seed": d["run"]["seed"]}
         d["data"].pop("dir")
         d["train"] = {k: v for k, v in d["train"].items() if k not in ("checkpoint_every", "keep_checkpoints",
-                                                                       "device", "threads")}
+                                                                       "device", "threads", "engine")}
         d.pop("eval", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

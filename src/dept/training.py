@@ -20,12 +20,12 @@ import torch
 
 from dept.algorithm.coordinator import Coordinator
 from dept.algorithm.participants import round_participants
-from dept.algorithm.runtime import resolve_device, seeded_generator
+from dept.algorithm.runtime import seeded_generator
 from dept.algorithm.types import RoundPlan, SharedState, SourceEval, WorkerUpdate
 from dept.algorithm.variants import VariantSpec, spec_of
 from dept.config import Config, Variant
 from dept.engines.base import Engine
-from dept.engines.local import local_engine
+from dept.engines.select import build_engine
 from dept.errors import CheckpointError, DataError
 from dept.eval.comms import body_parameters_of, comms_row
 from dept.eval.validation import summarize
@@ -55,12 +55,13 @@ class Trainer:
         self.cfg = cfg
         self.spec = spec_of(cfg.train.variant)
         self.run = RunFolder(cfg.run_dir)
-        self.device = resolve_device(cfg.train.device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.engine = engine or local_engine(cfg, self.spec, self.device, check_inputs)
+        self.engine = engine or build_engine(cfg, self.spec, check_inputs)
+        # Optional engine members (see engines/base.py): only one process writes the run folder.
+        self.writes = getattr(self.engine, "writes_run_folder", True)
         self.coordinator = Coordinator(cfg, self.spec, self.engine.profiles(round_participants(cfg, self.spec)))
-        self.log = log
+        self.log = log if self.writes else (lambda *_: None)
 
     @property
     def global_vocab(self) -> int:
@@ -69,6 +70,20 @@ class Trainer:
     # ---- start or resume --------------------------------------------------------------------------------------
 
     def _start(self, resume: bool) -> tuple[SharedState, int]:
+        """The writer sets up (or checks) the run folder first; the other processes then read what it holds."""
+        if self.writes:
+            started = self._start_writer(resume)
+        barrier = getattr(self.engine, "barrier", None)
+        if barrier is not None:
+            barrier()
+        if self.writes:
+            return started
+        if resume and self.run.latest_checkpoint() is not None:
+            shared, state = self.run.load_latest(self.cfg.training_fingerprint())
+            return shared, state.next_round
+        return initial_shared_state(self.cfg, self.spec, self.global_vocab), 0
+
+    def _start_writer(self, resume: bool) -> tuple[SharedState, int]:
         fingerprint = self.cfg.training_fingerprint()
         if resume:
             if self.run.latest_checkpoint() is None:
@@ -102,26 +117,28 @@ class Trainer:
             if [u.key for u in updates] != plan.keys:
                 raise RuntimeError(f"round {r}: the engine returned updates for {[u.key for u in updates]}, "
                                    f"the plan had {plan.keys}")
-            self.coordinator.aggregate(shared, updates)
+            self.coordinator.aggregate(shared, updates, getattr(self.engine, "combine", None))
             record = self._round_record(plan, updates, time.perf_counter() - t0)
-            self.run.append_metrics(record)
+            if self.writes:
+                self.run.append_metrics(record)
             losses = " ".join(f"{u.key}={u.train_loss:.3f}" for u in updates)
             self.log(f"round {r + 1}/{t.rounds}  loss {losses}  ({record['elapsed_s']:.1f}s)")
             last = r == t.rounds - 1
             if last or (self.cfg.eval.every and (r + 1) % self.cfg.eval.every == 0):
                 results = self.evaluate(shared, r)
-            if last or (r + 1) % t.checkpoint_every == 0:
+            if self.writes and (last or (r + 1) % t.checkpoint_every == 0):
                 self.run.save_checkpoint(self.cfg, shared, r + 1, self.spec.variant.value)
         if start >= t.rounds:
             results = self.evaluate(shared, t.rounds - 1)
-        self.run.write_results({"variant": self.spec.variant.value, "results": [asdict(r) for r in results],
-                                **summarize(results), **self._communication_totals()})
+        if self.writes:
+            self.run.write_results({"variant": self.spec.variant.value, "results": [asdict(r) for r in results],
+                                    **summarize(results), **self._communication_totals()})
         return results
 
     def evaluate(self, shared: SharedState, round_index: int, record: bool = True) -> list[SourceEval]:
         results = self.engine.evaluate(self.coordinator.configure_evaluation(shared, round_index + 1))
         summary = summarize(results)
-        if record:
+        if record and self.writes:
             self.run.append_metrics({"event": "eval", "round": round_index,
                                      "results": [asdict(r) for r in results], **summary})
         self.log(f"eval after round {round_index + 1}: mean bits/byte {summary['mean_bpb']:.4f} "
@@ -160,6 +177,8 @@ class Trainer:
             "embedding_params_held": {u.key: self._embedding_params_held(u) for u in updates},
             "lr_steps": [plan.first_step, plan.first_step + plan.local_steps],
             "elapsed_s": elapsed_s,
+            "train_s": {u.key: u.elapsed_s for u in updates},
+            **({"engine": self.engine.traffic()} if hasattr(self.engine, "traffic") else {}),
         }
 
     def _position_rows(self) -> int:

@@ -5,15 +5,41 @@ outer gradient: b ← μ·b + Δ; θ ← θ − lr·(Δ + μ·b). GLOB averages 
 each row over exactly the sources that hold it, w_r = Σ_{k holds r} w_k, and leaves rows no sampled source holds
 untouched (their momentum too); SPEC sends no embedding. The STD/ACT baselines are plain synchronous training:
 their single participant's model is adopted as it is, whatever outer optimizer is configured.
+
+Aggregation is split where processes meet: `accumulate` forms the weighted sums of the updates at hand (a
+`PartialSums`, additive), an engine whose updates live in several processes sums those across them (torchrun:
+one all-reduce per tensor), and `finish` turns the total into the outer step. With every update in one process
+the sum needs no combining and the result is the same as one weighted mean.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 from dept.algorithm.types import SharedState, TableRows, TensorDict, WholeTable, WorkerUpdate
 from dept.algorithm.variants import Rows, VariantSpec
 from dept.config import OuterOptConfig
+
+
+@dataclass
+class PartialSums:
+    """Σ w_k θ_k over some updates (weights already normalised over the whole round), and for TRIM the weight of
+    each row's holders. Two of them add up tensor by tensor."""
+
+    body: TensorDict
+    table: TensorDict = field(default_factory=dict)  # GLOB/baselines: whole tables; TRIM: dense (V, d) row sums
+    held_weight: torch.Tensor | None = None  # TRIM: (V,) Σ w_k over the sources holding each row
+
+    def tensors(self) -> TensorDict:
+        """Every tensor by a stable name: what an engine sums across processes."""
+        out = {f"body.{k}": v for k, v in self.body.items()}
+        out.update({f"table.{k}": v for k, v in self.table.items()})
+        if self.held_weight is not None:
+            out["held_weight"] = self.held_weight
+        return out
 
 
 def aggregation_weights(updates: list[WorkerUpdate], by_tokens: bool) -> list[float]:
@@ -24,11 +50,8 @@ def aggregation_weights(updates: list[WorkerUpdate], by_tokens: bool) -> list[fl
     return [r / total for r in raw]
 
 
-def weighted_mean(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    acc = torch.zeros_like(tensors[0], dtype=torch.float32)
-    for t, w in zip(tensors, weights, strict=True):
-        acc.add_(t.float(), alpha=w)
-    return acc
+def _zeros(tensors: TensorDict) -> TensorDict:
+    return {k: torch.zeros_like(v, dtype=torch.float32) for k, v in tensors.items()}
 
 
 class Aggregator:
@@ -36,6 +59,79 @@ class Aggregator:
         self.spec = spec
         self.outer = outer
         self.by_tokens = by_tokens
+
+    def apply(self, shared: SharedState, updates: list[WorkerUpdate],
+              combine: Callable[[PartialSums], PartialSums] | None = None) -> None:
+        """Aggregate a round. `updates` holds one entry per participant; an entry whose tensors stayed in another
+        process (body None) still counts in the weights, and `combine` adds the other processes' sums."""
+        if not updates:
+            return
+        if not self.spec.uses_outer_optimizer and len(updates) != 1:
+            raise ValueError(f"a {self.spec.variant.value} round has one participant, got {len(updates)}")
+        for u in updates:
+            self._check(shared, u)
+        weights = aggregation_weights(updates, self.by_tokens if self.spec.uses_outer_optimizer else False)
+        partial = self.accumulate(shared, updates, weights)
+        self.finish(shared, combine(partial) if combine else partial)
+
+    def _check(self, shared: SharedState, u: WorkerUpdate) -> None:
+        if u.body is None:
+            return  # its tensors are summed in another process
+        if set(u.body) != set(shared.body):
+            raise ValueError(f"update from '{u.key}' has body tensors {sorted(set(u.body) ^ set(shared.body))} "
+                             "that do not match the shared body")
+        want = None if not self.spec.has_global_embedding else WholeTable if self.spec.rows == Rows.ALL else TableRows
+        got = type(u.embedding) if u.embedding is not None else None
+        if got is not want:
+            raise ValueError(f"update from '{u.key}' carries {got.__name__ if got else 'no embedding'}, "
+                             f"{self.spec.variant.value} expects {want.__name__ if want else 'none'}")
+
+    def accumulate(self, shared: SharedState, updates: list[WorkerUpdate], weights: list[float]) -> PartialSums:
+        partial = PartialSums(_zeros(shared.body))
+        held_rows = self.spec.has_global_embedding and self.spec.rows == Rows.HELD
+        if self.spec.has_global_embedding:
+            partial.table = _zeros(shared.embedding)
+        if held_rows:
+            partial.held_weight = torch.zeros(shared.embedding["tokens"].shape[0], dtype=torch.float32)
+        for u, w in zip(updates, weights, strict=True):
+            if u.body is None:
+                continue
+            for name, value in u.body.items():
+                partial.body[name].add_(value.float(), alpha=w)
+            if not self.spec.has_global_embedding:
+                continue
+            if held_rows:
+                ids = u.embedding.ids.long()
+                partial.table["tokens"].index_add_(0, ids, u.embedding.tensors["tokens"].float(), alpha=w)
+                partial.held_weight.index_add_(0, ids, torch.full((ids.numel(),), w))
+                if "positions" in partial.table:  # every source holds every position: averaged like the body
+                    partial.table["positions"].add_(u.embedding.tensors["positions"].float(), alpha=w)
+            else:
+                for name, value in u.embedding.tensors.items():
+                    partial.table[name].add_(value.float(), alpha=w)
+        return partial
+
+    def finish(self, shared: SharedState, partial: PartialSums) -> None:
+        if not self.spec.uses_outer_optimizer:  # STD/ACT: the one model, adopted as it is
+            for name, value in partial.body.items():
+                shared.body[name].copy_(value)
+            for name, value in partial.table.items():
+                shared.embedding[name].copy_(value)
+            return
+        for name, target in partial.body.items():
+            self._outer_step(shared, f"body.{name}", shared.body[name], target)
+        if not self.spec.has_global_embedding:
+            return
+        if partial.held_weight is None:
+            for name, target in partial.table.items():
+                self._outer_step(shared, f"embedding.{name}", shared.embedding[name], target)
+            return
+        held = torch.nonzero(partial.held_weight > 0).squeeze(1)
+        target = torch.zeros_like(partial.table["tokens"])
+        target[held] = partial.table["tokens"][held] / partial.held_weight[held].unsqueeze(1)
+        self._outer_step(shared, "embedding.tokens", shared.embedding["tokens"], target, rows=held)
+        if "positions" in partial.table:
+            self._outer_step(shared, "embedding.positions", shared.embedding["positions"], partial.table["positions"])
 
     def _outer_step(self, shared: SharedState, key: str, current: torch.Tensor, target: torch.Tensor,
                     rows: torch.Tensor | None = None) -> None:
@@ -56,64 +152,3 @@ class Aggregator:
             delta = current[rows].float() - target[rows]
             buf[rows] = mu * buf[rows] + delta
             current[rows] = (current[rows].float() - lr * (delta + mu * buf[rows])).to(current.dtype)
-
-    def _mean_dict(self, dicts: list[TensorDict], weights: list[float]) -> TensorDict:
-        return {name: weighted_mean([d[name] for d in dicts], weights) for name in dicts[0]}
-
-    def apply(self, shared: SharedState, updates: list[WorkerUpdate]) -> None:
-        if not updates:
-            return
-        keys = set(shared.body)
-        for u in updates:
-            if set(u.body) != keys:
-                raise ValueError(f"update from '{u.key}' has body tensors {sorted(set(u.body) ^ keys)} "
-                                 "that do not match the shared body")
-            self._check_payload(u)
-        if not self.spec.uses_outer_optimizer:
-            self._adopt(shared, updates)
-            return
-        weights = aggregation_weights(updates, self.by_tokens)
-        for name, target in self._mean_dict([u.body for u in updates], weights).items():
-            self._outer_step(shared, f"body.{name}", shared.body[name], target)
-        if not self.spec.has_global_embedding:
-            return
-        if self.spec.rows == Rows.ALL:
-            tables = [u.embedding.tensors for u in updates]
-            for name, target in self._mean_dict(tables, weights).items():
-                self._outer_step(shared, f"embedding.{name}", shared.embedding[name], target)
-        else:
-            self._apply_rows(shared, updates, weights)
-
-    def _check_payload(self, u: WorkerUpdate) -> None:
-        want = None if not self.spec.has_global_embedding else WholeTable if self.spec.rows == Rows.ALL else TableRows
-        got = type(u.embedding) if u.embedding is not None else None
-        if got is not want:
-            raise ValueError(f"update from '{u.key}' carries {got.__name__ if got else 'no embedding'}, "
-                             f"{self.spec.variant.value} expects {want.__name__ if want else 'none'}")
-
-    @staticmethod
-    def _adopt(shared: SharedState, updates: list[WorkerUpdate]) -> None:
-        """STD/ACT: one participant trains the one model; its state becomes the shared state unchanged."""
-        if len(updates) != 1:
-            raise ValueError(f"a baseline round has one participant, got {len(updates)}")
-        (u,) = updates
-        for name, value in u.body.items():
-            shared.body[name].copy_(value)
-        for name, value in u.embedding.tensors.items():
-            shared.embedding[name].copy_(value)
-
-    def _apply_rows(self, shared: SharedState, updates: list[WorkerUpdate], weights: list[float]) -> None:
-        table = shared.embedding["tokens"]
-        acc = torch.zeros_like(table, dtype=torch.float32)
-        held_weight = torch.zeros(table.shape[0], dtype=torch.float32)
-        for u, w in zip(updates, weights, strict=True):
-            ids = u.embedding.ids.long()
-            acc.index_add_(0, ids, u.embedding.tensors["tokens"].float(), alpha=w)
-            held_weight.index_add_(0, ids, torch.full((ids.numel(),), w))
-        held = torch.nonzero(held_weight > 0).squeeze(1)
-        target = torch.zeros_like(acc)
-        target[held] = acc[held] / held_weight[held].unsqueeze(1)
-        self._outer_step(shared, "embedding.tokens", table, target, rows=held)
-        if "positions" in shared.embedding:  # every source holds every position: averaged like the body
-            target = weighted_mean([u.embedding.tensors["positions"] for u in updates], weights)
-            self._outer_step(shared, "embedding.positions", shared.embedding["positions"], target)

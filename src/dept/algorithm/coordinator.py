@@ -12,7 +12,9 @@ report once at the start; it never reads a source's text.
 
 from __future__ import annotations
 
-from dept.algorithm.aggregator import Aggregator
+from collections.abc import Callable
+
+from dept.algorithm.aggregator import Aggregator, PartialSums
 from dept.algorithm.sampling import sample_sources
 from dept.algorithm.types import (
     Assignment,
@@ -66,8 +68,10 @@ class Coordinator:
     def configure_round(self, plan: RoundPlan, shared: SharedState) -> list[Assignment]:
         return [Assignment(p, plan, self.spec.download(shared, self.profile(p))) for p in plan.participants]
 
-    def aggregate(self, shared: SharedState, updates: list[WorkerUpdate]) -> None:
-        self.aggregator.apply(shared, updates)
+    def aggregate(self, shared: SharedState, updates: list[WorkerUpdate],
+                  combine: Callable[[PartialSums], PartialSums] | None = None) -> None:
+        """Outer step from the round's updates; `combine` sums partial sums across processes (torchrun)."""
+        self.aggregator.apply(shared, updates, combine)
 
     def configure_evaluation(self, shared: SharedState, before_round: int) -> list[EvalAssignment]:
         """Every source, trained and unseen, with the body and the table the variant evaluates it with."""

@@ -43,10 +43,12 @@ class LocalData:
         vocab = n_global if self.spec.vocabulary == GLOBAL else src.vocab_size(self.spec.vocabulary)
         return SourceProfile(participant, vocab, n_global, self.spec.held_ids(src.trim_vocab()), src.unseen)
 
-    def check_streams(self) -> None:
+    def check_streams(self, only: list[str] | None = None) -> None:
         """Fail before any file is written if a source's prepared data cannot fill the batches it will need."""
         cfg = self.cfg
         for source in participants_of(cfg):
+            if only is not None and source.name not in only:
+                continue
             src_cfg = cfg.data.sources[source.index]
             src = self.data.source(source.name)
             if src.unseen != src_cfg.unseen:

@@ -166,7 +166,7 @@ class WorkerUpdate:
 
     participant: Participant
     round: int
-    body: TensorDict  # the locally trained body θ_k (the pseudo-gradient is θ − θ_k)
+    body: TensorDict | None  # the locally trained body θ_k; None where it was summed in another process
     tokens: int  # tokens processed: the FedAvg weight
     embedding: EmbeddingPayload = None  # GLOB: the whole table; TRIM: its rows with their ids; SPEC: nothing
     train_loss: float = float("nan")  # mean over the round's local steps
@@ -181,6 +181,12 @@ class WorkerUpdate:
     @property
     def nbytes(self) -> int:
         return payload_bytes(self.body) + (self.embedding.nbytes if self.embedding is not None else 0)
+
+    def receipt(self) -> WorkerUpdate:
+        """The same update without its tensors: what other processes learn of it when the tensors are summed
+        where they are (see `aggregator.PartialSums`)."""
+        return WorkerUpdate(self.participant, self.round, None, self.tokens, None, self.train_loss,
+                            self.last_loss, self.elapsed_s, self.moved)
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------------

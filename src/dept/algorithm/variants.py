@@ -44,10 +44,6 @@ class Sharing(StrEnum):
     LOCAL = "local"  # the source's own, never sent
 
 
-def _clone(tensors: TensorDict) -> TensorDict:
-    return {k: v.clone() for k, v in tensors.items()}
-
-
 @dataclass(frozen=True)
 class VariantSpec:
     variant: Variant
@@ -72,24 +68,28 @@ class VariantSpec:
 
     # ---- what travels --------------------------------------------------------------------------------------
 
-    def _shared_table(self, shared: SharedState, profile: SourceProfile, copy: bool) -> EmbeddingPayload:
+    def _shared_table(self, shared: SharedState, profile: SourceProfile) -> EmbeddingPayload:
         if not self.has_global_embedding:
             return None
         if self.rows == Rows.ALL:
-            return WholeTable(_clone(shared.embedding) if copy else dict(shared.embedding))
+            return WholeTable(dict(shared.embedding))
         ids = torch.from_numpy(profile.held_ids).long()
         tensors = {"tokens": shared.embedding["tokens"][ids]}  # indexing copies
         if "positions" in shared.embedding:  # every source holds every position
-            tensors["positions"] = shared.embedding["positions"].clone() if copy else shared.embedding["positions"]
+            tensors["positions"] = shared.embedding["positions"]
         return TableRows(tensors)
 
     def download(self, shared: SharedState, profile: SourceProfile) -> Download:
-        """Body + GLOB/STD/ACT: the whole table; TRIM: the source's rows; SPEC/SPEC-OPT: nothing else."""
-        return Download(_clone(shared.body), self._shared_table(shared, profile, copy=True))
+        """Body + GLOB/STD/ACT: the whole table; TRIM: the source's rows; SPEC/SPEC-OPT: nothing else.
+
+        Read-only views of `shared` where no slicing is needed (the shared state does not change while a round
+        runs, and a worker copies what it receives into its own model), so a round costs no copy per participant.
+        """
+        return Download(dict(shared.body), self._shared_table(shared, profile))
 
     def eval_table(self, shared: SharedState, profile: SourceProfile) -> EmbeddingPayload:
         """The table a source is evaluated with, read-only: the shared one (or its rows) where there is one."""
-        return self._shared_table(shared, profile, copy=False)
+        return self._shared_table(shared, profile)
 
     def upload(self, tensors: TensorDict, held_ids: torch.Tensor | None) -> EmbeddingPayload:
         """What a worker sends of its trained table: GLOB the whole, TRIM its rows with their ids, SPEC nothing."""

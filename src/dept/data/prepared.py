@@ -57,7 +57,8 @@ class PreparedSource:
 
 
 class PreparedData:
-    """Read-only view of a prepared data folder."""
+    """Read-only view of a prepared data folder. A source's files are read only when it is asked for, so a site
+    (a torchrun node, a Flower SuperNode) needs only the folders of the sources it serves."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -65,10 +66,7 @@ class PreparedData:
         if not path.is_file():
             raise DataError(f"no prepared data in {self.root}: run `dept prepare CONFIG` first")
         self.manifest = json.loads(path.read_text())
-        self.sources: dict[str, PreparedSource] = {}
-        for name in self.manifest["sources"]:
-            src_root = self.root / "sources" / name
-            self.sources[name] = PreparedSource(name, src_root, json.loads((src_root / "meta.json").read_text()))
+        self._sources: dict[str, PreparedSource] = {}
 
     @property
     def global_tokenizer_path(self) -> Path:
@@ -83,9 +81,12 @@ class PreparedData:
         return token_byte_lengths(load_tokenizer(self.global_tokenizer_path))
 
     def own_byte_lengths(self, name: str) -> np.ndarray:
-        return token_byte_lengths(load_tokenizer(self.sources[name].own_tokenizer_path()))
+        return token_byte_lengths(load_tokenizer(self.source(name).own_tokenizer_path()))
 
     def source(self, name: str) -> PreparedSource:
-        if name not in self.sources:
-            raise DataError(f"source '{name}' is not in the prepared data {self.root}: run `dept prepare` again")
-        return self.sources[name]
+        if name not in self._sources:
+            meta = self.root / "sources" / name / "meta.json"
+            if name not in self.manifest["sources"] or not meta.is_file():
+                raise DataError(f"source '{name}' is not in the prepared data {self.root}: run `dept prepare` again")
+            self._sources[name] = PreparedSource(name, meta.parent, json.loads(meta.read_text()))
+        return self._sources[name]

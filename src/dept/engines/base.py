@@ -2,6 +2,13 @@
 
 An engine decides nothing about the method: the coordinator (`dept.algorithm.coordinator`) says what each
 participant receives and combines the replies. An engine reports, per assignment, the bytes it really moved.
+
+Optional members, for engines whose processes share the round loop (torchrun), with their default when absent:
+- `writes_run_folder: bool` (True): whether this process writes metrics, checkpoints and results;
+- `barrier() -> None` (nothing): wait for every process (after the writer has set up the run folder);
+- `combine(partial: PartialSums) -> PartialSums` (identity): sum the aggregator's partial sums across processes,
+  for updates returned as receipts (`WorkerUpdate.receipt()`: no tensors, summed where they were trained);
+- `traffic() -> dict` (none): what the engine really moved in the last round, written into the round's metrics.
 """
 
 from __future__ import annotations

@@ -42,15 +42,16 @@ class LocalEngine:
         return [self.evaluator.evaluate(a) for a in assignments]
 
 
-def local_engine(cfg: Config, spec: VariantSpec, device: torch.device, check_inputs: bool = True) -> LocalEngine:
+def local_engine(cfg: Config, spec: VariantSpec, device: torch.device, check_inputs: bool = True,
+                 sources: list[str] | None = None) -> LocalEngine:
     """Workers and evaluators over the prepared folder, source state in RUN/sources.
 
     `check_inputs` refuses prepared data that no longer matches the raw corpus (training); evaluation needs the
-    prepared folder only and passes False.
+    prepared folder only and passes False. `sources`: the sources this process serves (default all).
     """
     if check_inputs:
         check_prepared(cfg)
     data = LocalData(cfg, spec, PreparedData(cfg.data_dir))
-    data.check_streams()
+    data.check_streams(sources)
     store = SourceStore(cfg.run_dir / "sources")
     return LocalEngine(data, Worker(cfg, spec, data, store, device), SourceEvaluator(cfg, spec, data, store, device))

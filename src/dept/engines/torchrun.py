@@ -1,0 +1,129 @@
+"""The torch.distributed engine: one process per rank (launched by torchrun, SLURM, Ray Train, ...).
+
+    torchrun --standalone --nproc_per_node=2 -m dept train configs/demo.yaml            # one machine, 2 ranks
+    torchrun --nnodes=2 --nproc_per_node=8 --node_rank=$NODE \\
+             --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 -m dept train CONFIG            # on each of 2 nodes
+
+Every rank runs the same round loop. Source k is owned by rank k mod world size for the whole run: in a round each
+rank trains the sampled sources it owns, one after another (several, or none), and only that rank ever reads or
+writes the source's private state (its table, tokenizer, AdamW state, stream position). The updates are combined
+with collectives: every rank forms the token-weighted sums of its own updates (`aggregator.PartialSums`: body, and
+GLOB's table or TRIM's rows with their holder weights), one all-reduce adds them, and every rank takes the same
+outer step, so all ranks hold the same body after each round. Only scalars (tokens, losses) are gathered as
+objects. Rank 0 writes the run folder (metrics, checkpoints, results); `--resume` works as on one process.
+
+Backends: gloo on CPU, NCCL on GPUs (one GPU per rank, `LOCAL_RANK`). A process group that is already initialised
+(SLURM, Ray Train) is used as it is. The STD/ACT baselines train on rank 0 (one model, one participant) and reach
+the other ranks through the same all-reduce.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from dept.algorithm.aggregator import PartialSums
+from dept.algorithm.types import (
+    Assignment,
+    EvalAssignment,
+    Participant,
+    Source,
+    SourceEval,
+    SourceProfile,
+    WorkerUpdate,
+)
+from dept.engines.local import LocalEngine
+
+
+def launched_by_torchrun() -> bool:
+    """True inside torchrun (or any launcher that set RANK/WORLD_SIZE), or when a process group already exists."""
+    if not dist.is_available():
+        return False
+    return dist.is_initialized() or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+
+
+def init_distributed(device_name: str, timeout_s: int = 1800) -> tuple[torch.device, bool]:
+    """Join (or reuse) the process group; return this rank's device and whether the group was created here."""
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local_rank) if device_name in ("auto", "cuda") else torch.device(device_name)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if dist.is_initialized():
+        return device, False
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+    return device, True
+
+
+def owner_rank(source_index: int, world: int) -> int:
+    """The rank that owns source `source_index` for the whole run (the mixture of STD/ACT: rank 0)."""
+    return source_index % world
+
+
+class TorchrunEngine:
+    def __init__(self, local: LocalEngine, device: torch.device, owns_group: bool = False):
+        self.local, self.device, self._owns_group = local, device, owns_group
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.writes_run_folder = self.rank == 0
+        self._traffic = {"all_reduce_bytes": 0, "gathered_objects": 0, "reduce_s": 0.0}
+
+    def owner(self, participant: Participant) -> int:
+        return owner_rank(participant.index, self.world) if isinstance(participant, Source) else 0
+
+    def _gather(self, mine: list) -> list:
+        """Every rank's list, on every rank, concatenated in rank order."""
+        out: list[list] = [None] * self.world  # type: ignore[list-item]
+        dist.all_gather_object(out, mine)
+        self._traffic["gathered_objects"] += 1
+        return [x for part in out for x in part]
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def profiles(self, participants: list[Participant]) -> list[SourceProfile]:
+        mine = [p for p in participants if self.owner(p) == self.rank]
+        found = {p.participant.key: p for p in self._gather(self.local.profiles(mine))}
+        return [found[p.key] for p in participants]
+
+    def run_round(self, assignments: list[Assignment]) -> list[WorkerUpdate]:
+        self._traffic = {"all_reduce_bytes": 0, "gathered_objects": 0, "reduce_s": 0.0}
+        mine = [a for a in assignments if self.owner(a.participant) == self.rank]
+        own = {u.key: u for u in self.local.run_round(mine)}
+        receipts = {u.key: u for u in self._gather([u.receipt() for u in own.values()])}
+        return [own.get(a.participant.key) or receipts[a.participant.key] for a in assignments]
+
+    def combine(self, partial: PartialSums) -> PartialSums:
+        """Sum every rank's partial sums with one all-reduce of one flat fp32 buffer."""
+        t0 = time.perf_counter()
+        tensors = partial.tensors()
+        flat = torch.cat([t.reshape(-1) for t in tensors.values()]).to(self.device)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        self._traffic["all_reduce_bytes"] += flat.numel() * flat.element_size()
+        flat = flat.cpu()
+        offset = 0
+        for t in tensors.values():
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+        self._traffic["reduce_s"] += time.perf_counter() - t0
+        return partial
+
+    def traffic(self) -> dict:
+        """What this rank really moved in the last round: the all-reduce payload (each rank's buffer; a ring
+        all-reduce sends and receives 2·(P−1)/P of it per rank) and the number of object gathers (scalars)."""
+        return {"engine": "torchrun", "world_size": self.world, **self._traffic}
+
+    def close(self) -> None:
+        """Leave the process group (only one this engine created)."""
+        if self._owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def evaluate(self, assignments: list[EvalAssignment]) -> list[SourceEval]:
+        mine = [a for a in assignments if self.owner(a.source) == self.rank]
+        found = {r.source: r for r in self._gather(self.local.evaluate(mine))}
+        return [found[a.source.name] for a in assignments]
