@@ -59,7 +59,7 @@ class WireEngine:
         replies = {}
         for a in reversed(assignments):
             down = encode(a.download.body, a.download.embedding)
-            received = Assignment(a.participant, a.plan, Download(*decode(down)))
+            received = Assignment(a.participant, a.plan, Download(*decode(down)), a.state_round)
             update = self.worker.train(received)
             up = encode(update.body, update.embedding)
             body, payload = decode(up)

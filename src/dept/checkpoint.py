@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ class TrainerState:
     fingerprint: str
     variant: str
     rng_state: list[int]
+    last_round: dict[str, int] = field(default_factory=dict)  # participant -> its last aggregated round
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

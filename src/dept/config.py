@@ -161,6 +161,10 @@ class TrainConfig(Strict):
                         "local), local (one process), torchrun (torch.distributed), flower (Flower simulation)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N (torchrun: cuda = the rank's LOCAL_RANK GPU)")
     precision: str = Field("fp32", pattern="^(fp32|bf16)$", description="bf16 = autocast on CUDA/CPU")
+    min_sources: int = Field(0, ge=0, description="Aggregate a round once this many sampled sources answered "
+                             "(0 = all); with fewer the round is tried again (engines that can lose workers)")
+    round_retries: int = Field(2, ge=0, description="Tries again of a round with too few answers before the run "
+                               "stops cleanly (resume it with --resume)")
     checkpoint_every: int = Field(1, ge=1, description="Checkpoint every this many rounds")
     keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept")
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores)")
@@ -250,7 +254,8 @@ class Config(Strict):
         d["run"] = {"seed": d["run"]["seed"]}
         d["data"].pop("dir")
         d["train"] = {k: v for k, v in d["train"].items() if k not in ("checkpoint_every", "keep_checkpoints",
-                                                                       "device", "threads", "engine")}
+                                                                       "device", "threads", "engine",
+                                                                       "min_sources", "round_retries")}
         d.pop("eval", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

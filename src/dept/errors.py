@@ -15,3 +15,7 @@ class DataError(DeptError):
 
 class CheckpointError(DeptError):
     """A checkpoint is missing, corrupt or belongs to another config."""
+
+
+class EngineError(DeptError):
+    """An engine could not run a round or reach a site (too few answers, no node for a source, missing extra)."""

@@ -99,8 +99,10 @@ class RunFolder:
         found = list_checkpoints(self.path)
         return checkpoint_round(found[0]) if found else 0
 
-    def save_checkpoint(self, cfg: Config, shared: SharedState, next_round: int, variant: str) -> Path:
-        state = TrainerState(next_round, cfg.training_fingerprint(), variant, torch.get_rng_state().tolist())
+    def save_checkpoint(self, cfg: Config, shared: SharedState, next_round: int, variant: str,
+                        last_round: dict[str, int]) -> Path:
+        state = TrainerState(next_round, cfg.training_fingerprint(), variant, torch.get_rng_state().tolist(),
+                             dict(last_round))
         return save_checkpoint(self.path, shared, state, resolved_yaml(cfg), keep=cfg.train.keep_checkpoints)
 
     def load_latest(self, fingerprint: str | None) -> tuple[SharedState, TrainerState]:

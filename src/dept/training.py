@@ -26,7 +26,7 @@ from dept.algorithm.variants import VariantSpec, spec_of
 from dept.config import Config, Variant
 from dept.engines.base import Engine
 from dept.engines.select import build_engine
-from dept.errors import CheckpointError, DataError
+from dept.errors import CheckpointError, DataError, EngineError
 from dept.eval.comms import body_parameters_of, comms_row
 from dept.eval.validation import summarize
 from dept.model import Body, SourceEmbedding
@@ -80,6 +80,7 @@ class Trainer:
             return started
         if resume and self.run.latest_checkpoint() is not None:
             shared, state = self.run.load_latest(self.cfg.training_fingerprint())
+            self.coordinator.last_round = dict(state.last_round)
             return shared, state.next_round
         return initial_shared_state(self.cfg, self.spec, self.global_vocab), 0
 
@@ -90,6 +91,7 @@ class Trainer:
                 return self._restart_without_checkpoint(fingerprint)
             shared, state = self.run.load_latest(fingerprint)
             torch.set_rng_state(torch.tensor(state.rng_state, dtype=torch.uint8))
+            self.coordinator.last_round = dict(state.last_round)
             self.run.truncate_metrics(state.next_round)
             self.log(f"resuming {self.run.path} at round {state.next_round}")
             return shared, state.next_round
@@ -113,10 +115,7 @@ class Trainer:
         for r in range(start, t.rounds):
             t0 = time.perf_counter()
             plan = self.coordinator.plan(r, keep_from_round=self.run.oldest_checkpoint_round())
-            updates = self.engine.run_round(self.coordinator.configure_round(plan, shared))
-            if [u.key for u in updates] != plan.keys:
-                raise RuntimeError(f"round {r}: the engine returned updates for {[u.key for u in updates]}, "
-                                   f"the plan had {plan.keys}")
+            updates = self._run_round(plan, shared)
             self.coordinator.aggregate(shared, updates, getattr(self.engine, "combine", None))
             record = self._round_record(plan, updates, time.perf_counter() - t0)
             if self.writes:
@@ -127,7 +126,8 @@ class Trainer:
             if last or (self.cfg.eval.every and (r + 1) % self.cfg.eval.every == 0):
                 results = self.evaluate(shared, r)
             if self.writes and (last or (r + 1) % t.checkpoint_every == 0):
-                self.run.save_checkpoint(self.cfg, shared, r + 1, self.spec.variant.value)
+                self.run.save_checkpoint(self.cfg, shared, r + 1, self.spec.variant.value,
+                                         self.coordinator.last_round)
         if start >= t.rounds:
             results = self.evaluate(shared, t.rounds - 1)
         if self.writes:
@@ -135,8 +135,31 @@ class Trainer:
                                     **summarize(results), **self._communication_totals()})
         return results
 
+    def _run_round(self, plan: RoundPlan, shared: SharedState) -> list[WorkerUpdate]:
+        """The round's updates; with fewer answers than `train.min_sources`, the round again (the participants
+        start from the same state, so a retry trains exactly what the first try would have)."""
+        t = self.cfg.train
+        required = min(t.min_sources or len(plan.keys), len(plan.keys))
+        for attempt in range(t.round_retries + 1):
+            updates = self.engine.run_round(self.coordinator.configure_round(plan, shared))
+            keys = [u.key for u in updates]
+            if keys != [k for k in plan.keys if k in keys]:
+                raise RuntimeError(f"round {plan.round}: the engine returned updates for {keys}, "
+                                   f"the plan had {plan.keys}")
+            if len(updates) >= required:
+                if len(updates) < len(plan.keys):
+                    missing = sorted(set(plan.keys) - set(keys))
+                    self.log(f"round {plan.round + 1}: no answer from {', '.join(missing)}; aggregating the "
+                             f"{len(updates)} that answered")
+                return updates
+            self.log(f"round {plan.round + 1}: {len(updates)} of {len(plan.keys)} sources answered "
+                     f"(train.min_sources {required}); try {attempt + 2} of {t.round_retries + 1}")
+        raise EngineError(f"round {plan.round + 1}: only {len(updates)} of {len(plan.keys)} sampled sources "
+                          f"answered in {t.round_retries + 1} tries (train.min_sources {required}): stopped; "
+                          f"`dept train --resume {self.run.path}` continues from the last checkpoint")
+
     def evaluate(self, shared: SharedState, round_index: int, record: bool = True) -> list[SourceEval]:
-        results = self.engine.evaluate(self.coordinator.configure_evaluation(shared, round_index + 1))
+        results = self.engine.evaluate(self.coordinator.configure_evaluation(shared))
         summary = summarize(results)
         if record and self.writes:
             self.run.append_metrics({"event": "eval", "round": round_index,
@@ -205,6 +228,7 @@ def evaluate_run(run_dir: Path, log=print, max_bytes: int | None = None) -> dict
                         "evaluate with the data it was trained on")
     trainer = Trainer(cfg, log=log, check_inputs=False)
     shared, state = run.load_latest(cfg.training_fingerprint())
+    trainer.coordinator.last_round = dict(state.last_round)
     results = trainer.evaluate(shared, state.next_round - 1, record=False)
     out = {"variant": trainer.spec.variant.value, "round": state.next_round, "results": [asdict(r) for r in results],
            **summarize(results)}

@@ -41,6 +41,8 @@ class Coordinator:
             raise ValueError(f"{spec.variant.value} trains one mixture participant; profiles hold {len(mixtures)}")
         self.mixture = mixtures[0] if mixtures else None
         self.aggregator = Aggregator(spec, cfg.train.outer, by_tokens=cfg.train.aggregation == "tokens")
+        # participant key -> the last round whose update was aggregated (saved in checkpoints)
+        self.last_round: dict[str, int] = {}
 
     @property
     def trained(self) -> list[Source]:
@@ -66,14 +68,17 @@ class Coordinator:
         return self.profiles[participant.key]
 
     def configure_round(self, plan: RoundPlan, shared: SharedState) -> list[Assignment]:
-        return [Assignment(p, plan, self.spec.download(shared, self.profile(p))) for p in plan.participants]
+        return [Assignment(p, plan, self.spec.download(shared, self.profile(p)), self.last_round.get(p.key))
+                for p in plan.participants]
 
     def aggregate(self, shared: SharedState, updates: list[WorkerUpdate],
                   combine: Callable[[PartialSums], PartialSums] | None = None) -> None:
         """Outer step from the round's updates; `combine` sums partial sums across processes (torchrun)."""
         self.aggregator.apply(shared, updates, combine)
+        for u in updates:
+            self.last_round[u.key] = u.round
 
-    def configure_evaluation(self, shared: SharedState, before_round: int) -> list[EvalAssignment]:
+    def configure_evaluation(self, shared: SharedState) -> list[EvalAssignment]:
         """Every source, trained and unseen, with the body and the table the variant evaluates it with."""
-        return [EvalAssignment(s, shared.body, self.spec.eval_table(shared, self.profiles[s.key]), before_round)
-                for s in self.sources]
+        return [EvalAssignment(s, shared.body, self.spec.eval_table(shared, self.profiles[s.key]),
+                               self.last_round.get(s.key)) for s in self.sources]

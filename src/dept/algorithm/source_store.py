@@ -78,6 +78,10 @@ class SourceStore:
         streams = {k: StreamPosition(**v) for k, v in meta["streams"].items()}
         return SourceState(embedding, optimizer, streams, meta["extra"], meta["rounds_trained"])
 
+    def load_after(self, name: str, round_index: int | None) -> SourceState | None:
+        """The state as saved after round `round_index` (None: the source has no state yet)."""
+        return None if round_index is None else self.load(name, round_index + 1)
+
     def save(self, name: str, round_index: int, state: SourceState) -> None:
         stem = self.root / name / f"r{round_index:06d}"
         tensors = {f"embedding.{k}": v.detach().contiguous().cpu() for k, v in state.embedding.items()}

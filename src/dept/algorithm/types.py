@@ -150,6 +150,9 @@ class Assignment:
     participant: Participant
     plan: RoundPlan
     download: Download
+    state_round: int | None = None  # the participant's last aggregated round: its own state is loaded as saved
+    #                                 after that round (None: it starts fresh). A round whose update was lost
+    #                                 (a worker that failed or timed out) is thereby never built upon.
 
 
 @dataclass
@@ -198,7 +201,7 @@ class EvalAssignment:
     source: Source
     body: TensorDict
     embedding: EmbeddingPayload  # GLOB/STD/ACT: the whole table; TRIM: the source's rows; SPEC: none (local)
-    before_round: int  # SPEC/SPEC-OPT: use the source's own table as saved before this round
+    state_round: int | None = None  # SPEC/SPEC-OPT: the source's own table as saved after this round
 
 
 @dataclass

@@ -51,7 +51,7 @@ class Worker:
         cfg, tcfg, plan = self.cfg, self.cfg.train, assignment.plan
         participant = assignment.participant
         profile = self.data.profile(participant)
-        state = self.store.load(participant.key, plan.round)
+        state = self.store.load_after(participant.key, assignment.state_round)
         with self.device:  # built where it trains: on a GPU the throw-away random init costs nothing
             body = Body(cfg.model)
             embedding = self.build_embedding(profile, assignment, state)

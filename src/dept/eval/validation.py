@@ -47,7 +47,7 @@ class SourceEvaluator:
         if self.spec.has_global_embedding:
             emb = received_embedding(profile, cfg.model, assignment.embedding)
         else:
-            state = self.store.load(source.key, assignment.before_round)
+            state = self.store.load_after(source.key, assignment.state_round)
             emb = own_embedding(profile, cfg.model, cfg.run.seed, state.embedding if state else None)
             if state is None and not profile.unseen:
                 note = "never sampled"
