@@ -42,10 +42,22 @@ def finish(proc, timeout=240):
 def write_config(tmp_path: Path, prepared_root: Path, **train) -> Path:
     tree = tiny_tree(prepared_root)
     tree["run"]["dir"] = str(tmp_path / "dist")
-    tree["train"].update(train)
+    tree["train"].update(threads=1, **train)  # ranks run one thread each; the local run too: the same sums
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(tree))
     return path
+
+
+def local_run(config: Path, run_dir: Path):
+    from dept.config import load_config
+
+    cfg = load_config(config, [f"run.dir={run_dir}", "train.engine=local"])
+    threads = torch.get_num_threads()
+    try:
+        Trainer(cfg, log=lambda *_: None).train()
+    finally:
+        torch.set_num_threads(threads)
+    return cfg
 
 
 def tensors(run: Path, name: str) -> dict:
@@ -66,10 +78,7 @@ def test_two_ranks_give_the_local_result_bitwise(prepared_root, tmp_path, varian
     assert code == 0, err[-3000:]
     assert out.count("round 3/3") == 1  # only rank 0 logs
 
-    from dept.config import load_config
-
-    local = load_config(config, [f"run.dir={tmp_path / 'local'}", "train.engine=local"])
-    Trainer(local, log=lambda *_: None).train()
+    local = local_run(config, tmp_path / "local")
     dist = tmp_path / "dist"
     for name in ("body.safetensors", "embedding.safetensors"):
         assert_same_tensors(tensors(dist, name), tensors(local.run_dir, name))
@@ -128,10 +137,7 @@ def test_a_dead_rank_stops_the_run_and_resume_finishes_it(prepared_root, tmp_pat
     code, _, err = finish(torchrun("train", "--resume", tmp_path / "dist"))
     assert code == 0, err[-3000:]
 
-    from dept.config import load_config
-
-    local = load_config(config, [f"run.dir={tmp_path / 'local'}", "train.engine=local"])
-    Trainer(local, log=lambda *_: None).train()
+    local = local_run(config, tmp_path / "local")
     assert_same_tensors(tensors(tmp_path / "dist", "body.safetensors"), tensors(local.run_dir, "body.safetensors"))
     assert_same_tensors(tensors(tmp_path / "dist", "embedding.safetensors"),
                         tensors(local.run_dir, "embedding.safetensors"))

@@ -6,6 +6,7 @@
     dept eval RUN_DIR                          evaluate the last checkpoint of a run
     dept compare CONFIG --variants a,b,...     prepare + train several variants, one table of bits per byte
     dept comms --preset paper-mc4-1.7b         communication per round, analytically
+    dept flower superlink|supernode|run        a Flower deployment (see dept.engines.flower_commands)
     dept settings                              every config key with its type, default and meaning
 """
 
@@ -56,7 +57,7 @@ def train(config: Annotated[Path | None, typer.Argument(help="YAML config (omit 
     """Pre-train with the variant in train.variant (glob, trim, spec, spec_opt) or a baseline (std, act)."""
     from dept.config import load_config
     from dept.report import run_table
-    from dept.training import Trainer, resume_config
+    from dept.training import resume_config, run_training
 
     if resume is not None:
         if config is not None:
@@ -71,14 +72,7 @@ def train(config: Annotated[Path | None, typer.Argument(help="YAML config (omit 
         raise DeptError("train needs a CONFIG file, or --resume RUN_DIR")
     else:
         cfg = load_config(config, overrides)
-    trainer = Trainer(cfg, log=_log)
-    try:
-        trainer.train(resume=resume is not None)
-    finally:
-        close = getattr(trainer.engine, "close", None)
-        if close is not None:
-            close()
-    if trainer.writes:
+    if run_training(cfg, resume=resume is not None, log=_log):
         from dept.report import load_results
 
         console.print(run_table(load_results(cfg.run_dir)))
@@ -108,7 +102,7 @@ def compare(config: ConfigPath, overrides: Overrides = None,
     from dept.config import Variant, load_config
     from dept.data.prepare import prepare as run_prepare
     from dept.report import comparison_markdown, comparison_table, load_results
-    from dept.training import Trainer, resume_config
+    from dept.training import resume_config, run_training
 
     names = [v.strip() for v in variants.split(",") if v.strip()]
     for v in names:
@@ -126,7 +120,7 @@ def compare(config: ConfigPath, overrides: Overrides = None,
             _log(f"== {v}: finished run found in {cfg.run_dir}")
         else:
             _log(f"== {v}")
-            Trainer(cfg, log=_log).train(resume=latest_checkpoint(cfg.run_dir) is not None)
+            run_training(cfg, resume=latest_checkpoint(cfg.run_dir) is not None, log=_log)
         runs[v] = load_results(cfg.run_dir)
     console.print(comparison_table(runs))
     write_json_atomic(base.run_dir / "comparison.json", runs)
@@ -193,6 +187,63 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
     console.print(table)
     if note:
         _log(note)
+
+
+flower_app = typer.Typer(no_args_is_help=True, help="Run a Flower deployment: SuperLink, one SuperNode per site, "
+                         "and the run (offline; extra options go to the stock Flower command).")
+app.add_typer(flower_app, name="flower")
+PassThrough = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@flower_app.command("superlink", context_settings=PassThrough)
+def flower_superlink(ctx: typer.Context,
+                     address: Annotated[str, typer.Option(help="HOST:PORT of its HTTP APIs")] = "0.0.0.0:9091",
+                     certificates: Annotated[tuple[str, str, str] | None,
+                                             typer.Option(help="TLS: CA certificate, server certificate, key")] = None,
+                     insecure: Annotated[bool, typer.Option(help="No TLS (a trusted network only)")] = False,
+                     node_auth: Annotated[bool, typer.Option(help="Accept only registered SuperNodes (`flwr supernode "
+                                                                  "register KEY.pub`)")] = False,
+                     database: Annotated[str | None, typer.Option(help="State database file (default in memory)")]
+                     = None) -> None:
+    """Start the SuperLink that the sites' SuperNodes and `dept flower run` connect to."""
+    from dept.engines.flower_commands import exec_flower, superlink_argv
+
+    exec_flower(superlink_argv(address, insecure, certificates, node_auth, database, list(ctx.args)))
+
+
+@flower_app.command("supernode", context_settings=PassThrough)
+def flower_supernode(ctx: typer.Context,
+                     superlink: Annotated[str, typer.Option(help="HOST:PORT of the SuperLink")],
+                     source: Annotated[str, typer.Option(help="The source(s) this site serves, comma-separated")],
+                     data_dir: Annotated[str | None, typer.Option(help="This site's prepared data folder")] = None,
+                     state_dir: Annotated[str | None, typer.Option(help="Where its sources' private state lives")]
+                     = None,
+                     port: Annotated[int, typer.Option(help="Local port of its ClientApp API")] = 9094,
+                     root_certificates: Annotated[str | None, typer.Option(help="TLS: the CA certificate")] = None,
+                     insecure: Annotated[bool, typer.Option(help="No TLS (a trusted network only)")] = False,
+                     auth_keys: Annotated[str | None, typer.Option(help="Node authentication: private key file "
+                                                                        "(its public key beside it as .pub)")] = None,
+                     ) -> None:
+    """Start a site's SuperNode: it trains and evaluates its own sources, on its own files."""
+    from dept.engines.flower_commands import exec_flower, supernode_argv
+
+    exec_flower(supernode_argv(superlink, source, data_dir, state_dir, port, insecure, root_certificates,
+                               auth_keys, list(ctx.args)))
+
+
+@flower_app.command("run")
+def flower_run(config: ConfigPath, overrides: Overrides = None,
+               superlink: Annotated[str, typer.Option(help="HOST:PORT of the SuperLink")] = "127.0.0.1:9091",
+               root_certificates: Annotated[str | None, typer.Option(help="TLS: the CA certificate")] = None,
+               insecure: Annotated[bool, typer.Option(help="No TLS (a trusted network only)")] = False,
+               resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint")] = False,
+               ) -> None:
+    """Submit the run to the SuperLink and follow it until it ends (the config path as the SuperLink host sees it)."""
+    from dept.engines.flower_commands import run_on_superlink
+
+    code = run_on_superlink(config, list(overrides or []), superlink, insecure, root_certificates, resume, [])
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -191,6 +191,16 @@ class EvalConfig(Strict):
         return data
 
 
+class FlowerConfig(Strict):
+    client_cpus: float = Field(1.0, gt=0, description="Simulation: CPU share of each ClientApp (also its torch "
+                               "threads)")
+    client_gpus: float = Field(0.0, ge=0, description="Simulation: GPU share of each ClientApp")
+    round_timeout_s: float = Field(3600.0, gt=0, description="Wait this long for a round's replies; a source that "
+                                   "has not answered by then is left out of the round")
+    connect_timeout_s: float = Field(300.0, gt=0, description="Wait this long for SuperNodes to connect and "
+                                     "announce the sources they serve")
+
+
 class RunConfig(Strict):
     dir: str = Field("runs/run", description="Run folder (relative to the config file)")
     seed: int = Field(0, description="Seed of every random choice (init, data order, source sampling)")
@@ -202,6 +212,7 @@ class Config(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    flower: FlowerConfig = Field(default_factory=FlowerConfig)
     base_dir: Annotated[str, Field(exclude=True)] = "."
 
     @model_validator(mode="after")
@@ -257,6 +268,7 @@ class Config(Strict):
                                                                        "device", "threads", "engine",
                                                                        "min_sources", "round_retries")}
         d.pop("eval", None)
+        d.pop("flower", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

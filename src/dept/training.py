@@ -25,7 +25,7 @@ from dept.algorithm.types import RoundPlan, SharedState, SourceEval, WorkerUpdat
 from dept.algorithm.variants import VariantSpec, spec_of
 from dept.config import Config, Variant
 from dept.engines.base import Engine
-from dept.engines.select import build_engine
+from dept.engines.select import build_engine, engine_kind
 from dept.errors import CheckpointError, DataError, EngineError
 from dept.eval.comms import body_parameters_of, comms_row
 from dept.eval.validation import summarize
@@ -210,6 +210,23 @@ class Trainer:
     def _embedding_params_held(self, update: WorkerUpdate) -> int:
         rows = self.coordinator.profile(update.participant).table_rows
         return (rows + self._position_rows()) * self.cfg.model.d_model
+
+
+def run_training(cfg: Config, resume: bool = False, log=print) -> bool:
+    """Train with the engine the config names; True where this process wrote the run folder (rank 0)."""
+    if engine_kind(cfg) == "flower":
+        from dept.engines.flower_simulation import train_in_simulation
+
+        train_in_simulation(cfg, resume, log)
+        return True
+    trainer = Trainer(cfg, log=log)
+    try:
+        trainer.train(resume=resume)
+    finally:
+        close = getattr(trainer.engine, "close", None)
+        if close is not None:
+            close()
+    return trainer.writes
 
 
 def resume_config(run_dir: Path) -> Config:

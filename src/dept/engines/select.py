@@ -7,6 +7,7 @@ from dept.algorithm.variants import VariantSpec
 from dept.config import Config
 from dept.engines.base import Engine
 from dept.engines.local import local_engine
+from dept.errors import EngineError
 
 
 def engine_kind(cfg: Config) -> str:
@@ -30,7 +31,6 @@ def build_engine(cfg: Config, spec: VariantSpec, check_inputs: bool = True) -> E
         local = local_engine(cfg, spec, device, check_inputs=check_inputs and rank == 0, sources=owned)
         return TorchrunEngine(local, device, owns_group=created)
     if kind == "flower":
-        from dept.engines.flower_simulation import FlowerSimulationEngine
-
-        return FlowerSimulationEngine(cfg, spec)
+        raise EngineError("train.engine=flower runs the round loop inside Flower's ServerApp: use "
+                          "`dept train` (dept.training.run_training), not a Trainer with a built engine")
     return local_engine(cfg, spec, resolve_device(cfg.train.device), check_inputs)
