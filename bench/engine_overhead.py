@@ -106,10 +106,18 @@ def main() -> None:
                 "worker_s": statistics.median(worker_time(engine, r) for r in rounds),
                 "overhead_s": statistics.median(r["elapsed_s"] - worker_time(engine, r) for r in rounds),
                 "overhead_share": statistics.median(shares),
+                "speedup_vs_local": None,
             }
+            if engine == "torchrun":  # rank 0's time in the all-reduce, and in gathering (waiting for rank 1)
+                results[engine]["all_reduce_s"] = statistics.median(r["engine"]["reduce_s"] for r in rounds)
+                results[engine]["gather_s"] = statistics.median(r["engine"]["gather_s"] for r in rounds)
+            if "local" in results:
+                results[engine]["speedup_vs_local"] = results["local"]["round_s"] / results[engine]["round_s"]
             print(f"{engine:>9}: round {results[engine]['round_s']:.2f} s, workers {results[engine]['worker_s']:.2f}"
                   f" s, overhead {results[engine]['overhead_s']:.3f} s = {100 * results[engine]['overhead_share']:.2f}%"
-                  " of the round (median of rounds 2..)", flush=True)
+                  " of the round (median of rounds 2..)"
+                  + (f"; all-reduce {results[engine]['all_reduce_s']:.3f} s, waiting for rank 1 "
+                     f"{results[engine]['gather_s']:.3f} s" if engine == "torchrun" else ""), flush=True)
     out = {"cpu": cpu_model(), "cores": os.cpu_count(), "settings": vars(a), "engines": results}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")

@@ -162,7 +162,7 @@ def test_std_is_refused_in_a_federation(prepared_root, tmp_path):
 def test_a_killed_supernode_does_not_stop_the_run(prepared_root, tmp_path):
     fed = Federation(tmp_path / "fed", ["en", "fr", "code", "ru"])
     try:
-        config = write_config(tmp_path / "c.yaml", prepared_root, rounds=4, local_steps=20)
+        config = write_config(tmp_path / "c.yaml", prepared_root, rounds=3)
         tree = yaml.safe_load(config.read_text())
         tree["train"].update(min_sources=1)
         tree["flower"]["round_timeout_s"] = 30
@@ -181,7 +181,7 @@ def test_a_killed_supernode_does_not_stop_the_run(prepared_root, tmp_path):
         assert proc.returncode == 0, out[-3000:]
         rounds = [json.loads(line) for line in metrics.read_text().splitlines()]
         rounds = [r for r in rounds if r["event"] == "round"]
-        assert len(rounds) == 4
+        assert len(rounds) == 3
         later = [r for r in rounds[1:] if "fr" in r["sources"]]
         assert later and all("fr" not in r["train_loss"] for r in later)  # sampled, left out, run went on
         assert all(r["train_loss"] for r in rounds)

@@ -97,3 +97,29 @@ def test_bad_inputs_name_the_file(tmp_path, setup, message):
     with pytest.raises(DataError) as err:
         read_source(SourceConfig(name="s", files=[pattern]), tmp_path, 0.1, 1)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_site_prepares_its_own_source_with_the_shared_global_tokenizer(prepared_root, tmp_path):
+    """A federation's site holds one source: with the shared global tokenizer its global ids are everyone's."""
+    import numpy as np
+    from conftest import make_config
+
+    from dept.data.prepared import PreparedData
+    from dept.errors import DataError
+
+    shared = prepared_root / "prepared" / "global_tokenizer.json"
+    site = make_config(prepared_root, {"data.dir": str(tmp_path / "site"), "data.tokenizer.global.path": str(shared)})
+    site.data.sources = [s for s in site.data.sources if s.name == "fr"]
+    prepare(site, log=lambda *_: None)
+    mine, everyone = PreparedData(tmp_path / "site"), PreparedData(prepared_root / "prepared")
+    assert mine.global_vocab_size == everyone.global_vocab_size
+    for split in ("train", "val"):
+        assert np.array_equal(mine.source("fr").tokens("global", split), everyone.source("fr").tokens("global", split))
+    assert np.array_equal(mine.source("fr").trim_vocab(), everyone.source("fr").trim_vocab())
+
+    (tmp_path / "bad.json").write_text("{}")
+    bad = make_config(prepared_root, {"data.dir": str(tmp_path / "bad"),
+                                      "data.tokenizer.global.path": str(tmp_path / "bad.json")})
+    with pytest.raises(DataError, match="is not a tokenizer.json"):
+        prepare(bad, log=lambda *_: None)
+    assert not (tmp_path / "bad").exists()

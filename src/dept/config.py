@@ -66,6 +66,8 @@ class GlobalTokenizerConfig(Strict):
     vocab_size: int = Field(8192, ge=300, le=1 << 20, description="Global vocabulary size")
     temperature: float = Field(0.3, ge=0, le=1, description="Mixture share of source k ∝ chars_k^temperature")
     sample_chars: int = Field(20_000_000, ge=1000, description="Characters of the balanced mixture to train on")
+    path: str | None = Field(None, description="Use this tokenizer.json (byte-level, id 0 = end of document) "
+                             "instead of training one: e.g. the one every site of a federation shares")
 
 
 class PerSourceTokenizerConfig(Strict):

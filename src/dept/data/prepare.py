@@ -24,6 +24,7 @@ from dept.config import Config, SourceConfig
 from dept.data.documents import SplitDocuments, input_signature, read_source
 from dept.data.prepared import GLOBAL, OWN
 from dept.data.tokenizer import (
+    EOS,
     EOS_ID,
     balanced_mixture,
     capped,
@@ -121,10 +122,28 @@ def fingerprints(cfg: Config) -> tuple[str, dict[str, str]]:
     resolved = {src["name"]: src for src in cfg.to_resolved_dict()["data"]["sources"]}
     signatures = {s.name: _hash([resolved[s.name], input_signature(s, base), split_settings])
                   for s in cfg.data.sources}
-    global_fp = _hash([cfg.data.tokenizer.global_.model_dump(mode="json"),
-                       [signatures[s.name] for s in cfg.trained_sources], cfg.run.seed])
+    given = cfg.data.tokenizer.global_.path
+    if given:  # a shared tokenizer: its content is what matters, not which sources this site holds
+        path = cfg.resolve(given)
+        if not path.is_file():
+            raise DataError(f"data.tokenizer.global.path: no file {path}")
+        global_fp = _hash(["given", hashlib.sha256(path.read_bytes()).hexdigest()])
+    else:
+        global_fp = _hash([cfg.data.tokenizer.global_.model_dump(mode="json"),
+                           [signatures[s.name] for s in cfg.trained_sources], cfg.run.seed])
     per_source = cfg.data.tokenizer.per_source.model_dump(mode="json")
     return global_fp, {s.name: _hash([signatures[s.name], per_source, global_fp]) for s in cfg.data.sources}
+
+
+def load_given_tokenizer(path: Path):
+    """A tokenizer file given in the config, checked: it must load, and id 0 must be the end of document."""
+    try:
+        tok = load_tokenizer(path)
+    except Exception as err:  # tokenizers raises a bare Exception for a malformed file
+        raise DataError(f"data.tokenizer.global.path: {path} is not a tokenizer.json ({err})") from None
+    if tok.token_to_id(EOS) != EOS_ID:
+        raise DataError(f"data.tokenizer.global.path: {path} has no end-of-document token {EOS} at id {EOS_ID}")
+    return tok
 
 
 def check_prepared(cfg: Config) -> None:
@@ -147,6 +166,7 @@ def prepare(cfg: Config, log=print, force: bool = False, show_progress: bool = F
     trained = cfg.trained_sources
     global_cfg = cfg.data.tokenizer.global_
     global_fp, source_fps = fingerprints(cfg)
+    given = load_given_tokenizer(cfg.resolve(global_cfg.path)) if global_cfg.path else None  # checked up front
     global_path = out / "global_tokenizer.json"
     old_manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
 
@@ -157,13 +177,16 @@ def prepare(cfg: Config, log=print, force: bool = False, show_progress: bool = F
 
     redo_global = force or old_manifest.get("global_fingerprint") != global_fp or not global_path.is_file()
     todo = [s for s in cfg.data.sources if redo_global or not up_to_date(s.name)]
-    to_read = trained if redo_global else todo
+    to_read = trained if redo_global and not global_cfg.path else todo
     to_read = list({s.name: s for s in to_read + todo}.values())
     log(f"reading {len(to_read)} source(s) with {min(workers, max(1, len(to_read)))} process(es)")
     docs = _read_sources(cfg, to_read, workers)  # every input error surfaces here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
 
-    if redo_global:
+    if redo_global and given is not None:
+        log(f"using the global tokenizer {global_cfg.path} ({given.get_vocab_size()} tokens)")
+        write_text_atomic(global_path, given.to_str())
+    elif redo_global:
         log(f"training the global {global_cfg.kind.value} tokenizer ({global_cfg.vocab_size} tokens, "
             f"temperature {global_cfg.temperature})")
         mixture = balanced_mixture([docs[s.name].train for s in trained], global_cfg.sample_chars,

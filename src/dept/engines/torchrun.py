@@ -71,7 +71,7 @@ class TorchrunEngine:
         self.local, self.device, self._owns_group = local, device, owns_group
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.writes_run_folder = self.rank == 0
-        self._traffic = {"all_reduce_bytes": 0, "gathered_objects": 0, "reduce_s": 0.0}
+        self._traffic: dict = {}
 
     def owner(self, participant: Participant) -> int:
         return owner_rank(participant.index, self.world) if isinstance(participant, Source) else 0
@@ -80,7 +80,7 @@ class TorchrunEngine:
         """Every rank's list, on every rank, concatenated in rank order."""
         out: list[list] = [None] * self.world  # type: ignore[list-item]
         dist.all_gather_object(out, mine)
-        self._traffic["gathered_objects"] += 1
+        self._traffic["gathered_objects"] = self._traffic.get("gathered_objects", 0) + 1
         return [x for part in out for x in part]
 
     def barrier(self) -> None:
@@ -92,10 +92,12 @@ class TorchrunEngine:
         return [found[p.key] for p in participants]
 
     def run_round(self, assignments: list[Assignment]) -> list[WorkerUpdate]:
-        self._traffic = {"all_reduce_bytes": 0, "gathered_objects": 0, "reduce_s": 0.0}
+        self._traffic = {"all_reduce_bytes": 0, "gathered_objects": 0, "reduce_s": 0.0, "gather_s": 0.0}
         mine = [a for a in assignments if self.owner(a.participant) == self.rank]
         own = {u.key: u for u in self.local.run_round(mine)}
+        t0 = time.perf_counter()
         receipts = {u.key: u for u in self._gather([u.receipt() for u in own.values()])}
+        self._traffic["gather_s"] = time.perf_counter() - t0  # mostly waiting for the slowest rank
         return [own.get(a.participant.key) or receipts[a.participant.key] for a in assignments]
 
     def combine(self, partial: PartialSums) -> PartialSums:
@@ -104,13 +106,14 @@ class TorchrunEngine:
         tensors = partial.tensors()
         flat = torch.cat([t.reshape(-1) for t in tensors.values()]).to(self.device)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        self._traffic["all_reduce_bytes"] += flat.numel() * flat.element_size()
+        moved = flat.numel() * flat.element_size()
+        self._traffic["all_reduce_bytes"] = self._traffic.get("all_reduce_bytes", 0) + moved
         flat = flat.cpu()
         offset = 0
         for t in tensors.values():
             t.copy_(flat[offset:offset + t.numel()].view_as(t))
             offset += t.numel()
-        self._traffic["reduce_s"] += time.perf_counter() - t0
+        self._traffic["reduce_s"] = self._traffic.get("reduce_s", 0.0) + time.perf_counter() - t0
         return partial
 
     def traffic(self) -> dict:
@@ -119,8 +122,10 @@ class TorchrunEngine:
         return {"engine": "torchrun", "world_size": self.world, **self._traffic}
 
     def close(self) -> None:
-        """Leave the process group (only one this engine created)."""
+        """Leave the process group (only one this engine created), all ranks together: a rank tearing its
+        group down while another still writes can abort it."""
         if self._owns_group and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
     def evaluate(self, assignments: list[EvalAssignment]) -> list[SourceEval]:
