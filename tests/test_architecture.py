@@ -43,3 +43,18 @@ def test_only_the_variant_table_names_the_variants():
     for path in SRC.rglob("*.py"):
         if path.name not in allowed:
             assert not re.search(r"Variant\.(GLOB|TRIM|SPEC|SPEC_OPT|STD|ACT)\b", path.read_text()), path
+
+
+def test_the_core_runs_without_the_flower_extra():
+    """Training and the CLI import Flower only when train.engine=flower is asked for."""
+    code = ("import sys, dept.cli, dept.training, dept.engines.select; "
+            "print([m for m in sys.modules if m == 'flwr' or m.startswith(('flwr.', 'ray'))])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_only_the_flower_modules_import_flwr():
+    for path in SRC.rglob("*.py"):
+        if not path.name.startswith("flower_"):
+            imports = re.findall(r"^\s*(?:from|import)\s+([\w.]+)", path.read_text(), flags=re.M)
+            assert not any(m.split(".")[0] in ("flwr", "ray") for m in imports), path
