@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dept.algorithm.types import SharedState, TableRows, TensorDict, WholeTable, WorkerUpdate
+from dept.algorithm.types import SharedState, TensorDict, WorkerUpdate
 from dept.algorithm.variants import Rows, VariantSpec
 from dept.config import OuterOptConfig
 
@@ -70,7 +70,7 @@ class Aggregator:
             raise ValueError(f"a {self.spec.variant.value} round has one participant, got {len(updates)}")
         for u in updates:
             self._check(shared, u)
-        weights = aggregation_weights(updates, self.by_tokens if self.spec.uses_outer_optimizer else False)
+        weights = aggregation_weights(updates, self.by_tokens)  # a baseline's one update gets weight 1 either way
         partial = self.accumulate(shared, updates, weights)
         self.finish(shared, combine(partial) if combine else partial)
 
@@ -80,7 +80,7 @@ class Aggregator:
         if set(u.body) != set(shared.body):
             raise ValueError(f"update from '{u.key}' has body tensors {sorted(set(u.body) ^ set(shared.body))} "
                              "that do not match the shared body")
-        want = None if not self.spec.has_global_embedding else WholeTable if self.spec.rows == Rows.ALL else TableRows
+        want = self.spec.payload_type
         got = type(u.embedding) if u.embedding is not None else None
         if got is not want:
             raise ValueError(f"update from '{u.key}' carries {got.__name__ if got else 'no embedding'}, "

@@ -91,12 +91,19 @@ class VariantSpec:
         """The table a source is evaluated with, read-only: the shared one (or its rows) where there is one."""
         return self._shared_table(shared, profile)
 
+    @property
+    def payload_type(self) -> type[WholeTable] | type[TableRows] | None:
+        """The kind of table a round's update carries (None: no table travels)."""
+        if not self.has_global_embedding:
+            return None
+        return WholeTable if self.rows == Rows.ALL else TableRows
+
     def upload(self, tensors: TensorDict, held_ids: torch.Tensor | None) -> EmbeddingPayload:
         """What a worker sends of its trained table: GLOB the whole, TRIM its rows with their ids, SPEC nothing."""
         if not self.has_global_embedding:
             return None
         tensors = {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
-        if self.rows == Rows.ALL:
+        if self.payload_type is WholeTable:
             return WholeTable(tensors)
         return TableRows(tensors, held_ids.to(torch.int32))
 
