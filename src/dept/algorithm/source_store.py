@@ -78,6 +78,11 @@ class SourceStore:
         streams = {k: StreamPosition(**v) for k, v in meta["streams"].items()}
         return SourceState(embedding, optimizer, streams, meta["extra"], meta["rounds_trained"])
 
+    def prune_all(self, keep_from_round: int) -> None:
+        """`prune` every source this store holds: a source not trained again must not keep a stale version."""
+        for folder in self.root.glob("*/"):
+            self.prune(folder.name, keep_from_round)
+
     def load_after(self, name: str, round_index: int | None) -> SourceState | None:
         """The state as saved after round `round_index` (None: the source has no state yet)."""
         return None if round_index is None else self.load(name, round_index + 1)

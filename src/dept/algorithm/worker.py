@@ -108,4 +108,4 @@ class Worker:
         else:
             new.streams = {participant.name: stream.position}
         self.store.save(participant.key, assignment.plan.round, new)
-        self.store.prune(participant.key, assignment.plan.keep_from_round)
+        self.store.prune_all(assignment.plan.keep_from_round)
