@@ -6,6 +6,11 @@
     dept eval RUN_DIR                          evaluate the last checkpoint of a run
     dept compare CONFIG --variants a,b,...     prepare + train several variants, one table of bits per byte
     dept comms --preset paper-mc4-1.7b         communication per round, analytically
+    dept consolidate RUN_DIR                   continued pre-training: one global-vocabulary model for all sources
+    dept adapt RUN_DIR... --source NAME=FILES  a new source: own tokenizer, fresh embedding, bits-per-byte curves
+    dept finetune MODEL --train F --eval F     a classification / regression head (CSV or JSONL)
+    dept export MODEL --out DIR                a Hugging Face `transformers` folder (Llama architecture)
+    dept generate MODEL "prompt"               sample a continuation, streamed
     dept flower superlink|supernode|run        a Flower deployment (see dept.engines.flower_commands)
     dept settings                              every config key with its type, default and meaning
 """
@@ -187,6 +192,113 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
     console.print(table)
     if note:
         _log(note)
+
+
+# ---- models people use ----------------------------------------------------------------------------------------
+
+ModelArg = Annotated[Path, typer.Argument(help="A model folder, a run folder (with --source), or an exported folder")]
+SourceOpt = Annotated[str | None, typer.Option(help="With a run folder: the source whose model to use (GLOB, TRIM, "
+                                                    "STD, ACT: omit for the global table)")]
+
+
+@app.command()
+def consolidate(run_dir: Annotated[Path, typer.Argument(help="Run folder")],
+                out: Annotated[Path | None, typer.Option(help="Model folder to write (default RUN_DIR/consolidated)")]
+                = None,
+                fraction: Annotated[float, typer.Option(help="Share of the run's pre-training steps")] = 0.15,
+                steps: Annotated[int | None, typer.Option(help="Steps (instead of --fraction)")] = None,
+                lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: the run's peak from a "
+                                                              "fresh table, half of it from the run's own)")] = None,
+                batch_size: Annotated[int | None, typer.Option(help="Sequences per step (default: STD's batch)")]
+                = None,
+                resume: Annotated[bool, typer.Option(help="Continue an unfinished consolidation")] = False,
+                device: Annotated[str, typer.Option(help="auto (the run's train.device), cpu, cuda...")] = "auto",
+                ) -> None:
+    """Continued pre-training: a global-vocabulary table trained with the body on the mixture of the run's sources,
+    so one model serves every source; per-source bits per byte before and after."""
+    from dept.posttrain.consolidate import consolidate as run_consolidate
+    from dept.report import consolidation_table
+
+    result = run_consolidate(run_dir, out, resume=resume, fraction=fraction, steps=steps, lr=lr,
+                             batch_size=batch_size, device=device, log=_log)
+    console.print(consolidation_table(result.to_dict()))
+
+
+@app.command()
+def adapt(runs: Annotated[list[Path], typer.Argument(help="One or more run folders (compared on the same data)")],
+          source: Annotated[str, typer.Option(help="The new source: NAME=FILE[,FILE...] (globs; .txt/.md/.jsonl/"
+                                                   ".parquet)")],
+          steps: Annotated[int, typer.Option(help="Training steps")] = 200,
+          eval_every: Annotated[int, typer.Option(help="Held-out bits per byte every this many steps")] = 20,
+          freeze_body: Annotated[bool, typer.Option(help="Train the new embedding only")] = False,
+          lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: the run's)")] = None,
+          vocab_size: Annotated[int | None, typer.Option(help="The new tokenizer's size (default: the first run's "
+                                                              "per-source size)")] = None,
+          seed: Annotated[int, typer.Option(help="Seed of the fresh embedding and the batch order")] = 0,
+          out: Annotated[Path | None, typer.Option(help="Output folder (default RUN_DIR/adapted_NAME for one run)")]
+          = None,
+          device: Annotated[str, typer.Option(help="auto (the run's train.device), cpu, cuda...")] = "auto",
+          ) -> None:
+    """Plasticity: give each run's body a new source (own tokenizer, fresh embedding) and train S steps; the
+    held-out bits-per-byte curves side by side (adaptation.json, plasticity.png) and a model folder per run."""
+    from dept.posttrain.adapt import AdaptSettings
+    from dept.posttrain.adapt import adapt as run_adapt
+    from dept.report import plasticity_table
+
+    if "=" not in source or not source.split("=", 1)[0] or not source.split("=", 1)[1]:
+        raise DeptError(f"--source '{source}': expected NAME=FILE[,FILE...]")
+    name, files = source.split("=", 1)
+    result = run_adapt(runs, name, [f for f in files.split(",") if f], out,
+                       AdaptSettings(steps=steps, eval_every=eval_every, freeze_body=freeze_body, lr=lr, seed=seed),
+                       vocab_size, log=_log, device=device)
+    console.print(plasticity_table(result.to_dict()))
+    _log(f"written to {result.out}" + (f" (plot {result.plot})" if result.plot else ""))
+
+
+@app.command("export")
+def export(model: ModelArg,
+           out: Annotated[Path, typer.Option(help="Folder to write the Hugging Face model into")],
+           source: SourceOpt = None) -> None:
+    """Write a Hugging Face folder (Llama architecture, tied embeddings, tokenizer files) that
+    AutoModelForCausalLM / AutoTokenizer load offline with the same logits as dept's forward pass."""
+    from dept.posttrain.hf import export_folder
+    from dept.posttrain.load import load_model
+
+    path = export_folder(load_model(model, source), out)
+    _log(f"exported to {path}: AutoModelForCausalLM.from_pretrained('{path}') (needs transformers: "
+         "pip install 'dept[hf]')")
+
+
+@app.command()
+def generate(model: ModelArg,
+             prompt: Annotated[str, typer.Argument(help="Text to continue (may be empty)")] = "",
+             source: SourceOpt = None,
+             max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most")] = 200,
+             temperature: Annotated[float, typer.Option(help="Softmax temperature (0 = greedy)")] = 0.8,
+             top_k: Annotated[int, typer.Option(help="Sample among the k likeliest tokens (0 = all)")] = 0,
+             top_p: Annotated[float, typer.Option(help="Sample among the likeliest tokens covering p (1 = all)")]
+             = 1.0,
+             seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same text")] = 0,
+             stop: Annotated[bool, typer.Option(help="Stop at the end-of-text token")] = True,
+             device: Annotated[str, typer.Option(help="cpu, cuda...")] = "cpu") -> None:
+    """Continue a prompt, streamed to the terminal."""
+    from dept.posttrain.generate import Sampling
+    from dept.posttrain.generate import generate as run_generate
+    from dept.posttrain.load import load_model
+
+    folder = load_model(model, source)
+    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
+    sampling.check()
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+
+    def show(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    out = run_generate(folder, prompt, sampling, on_text=show, device=device)
+    sys.stdout.write("\n")
+    _log(f"[{len(out.ids)} tokens{', stopped at end of text' if out.stopped_at_eos else ''}]")
 
 
 flower_app = typer.Typer(no_args_is_help=True, help="Run a Flower deployment: SuperLink, one SuperNode per site, "

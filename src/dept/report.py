@@ -74,3 +74,32 @@ def comparison_markdown(runs: dict[str, dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def consolidation_table(result: dict) -> Table:
+    """Per-source bits per byte: the run's own figure, then the global-tokenizer model before and after."""
+    plan = result["plan"]
+    table = Table(title=f"consolidation of a {result['variant']} run: {plan['steps']} steps "
+                        f"({plan['steps'] / plan['pretraining_steps']:.0%} of pre-training), bits per byte")
+    for col in ("source", f"run ({result['variant']} tables)", "global table, start", "consolidated", "bytes"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for r in result["rows"]:
+        table.add_row(r["source"] + (" (unseen)" if r["unseen"] else ""), _fmt(r["run_bpb"]),
+                      _fmt(r["before_bpb"]), _fmt(r["after_bpb"]), str(r["bytes"]))
+    table.add_row("mean (trained sources)", _fmt(result["mean_bpb_run"]), _fmt(result["mean_bpb_before"]),
+                  _fmt(result["mean_bpb_after"]), "")
+    return table
+
+
+def plasticity_table(result: dict) -> Table:
+    """Held-out bits per byte of each run's body along the adaptation, one column per run."""
+    curves = result["curves"]
+    s = result["settings"]
+    table = Table(title=f"adapting to '{result['source']}': held-out bits per byte, body "
+                        f"{'frozen' if s['freeze_body'] else 'trained'}")
+    table.add_column("step", justify="right")
+    for c in curves:
+        table.add_column(f"{c['label']} ({c['variant']})", justify="right")
+    for i, step in enumerate(curves[0]["steps"]):
+        table.add_row(str(step), *[_fmt(c["bpb"][i]) for c in curves])
+    return table

@@ -33,7 +33,7 @@ class SourceState:
     rounds_trained: int = 0
 
 
-def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict] = {}
     for idx, per_param in state["state"].items():
@@ -45,7 +45,7 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
@@ -74,7 +74,7 @@ class SourceStore:
         meta = json.loads(stem.with_suffix(".json").read_text())
         tensors = load_file(str(stem.with_suffix(".safetensors")))
         embedding = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("embedding.")}
-        optimizer = _unflatten_optimizer(tensors, meta["optimizer"]) if meta["optimizer"] else None
+        optimizer = unflatten_optimizer(tensors, meta["optimizer"]) if meta["optimizer"] else None
         streams = {k: StreamPosition(**v) for k, v in meta["streams"].items()}
         return SourceState(embedding, optimizer, streams, meta["extra"], meta["rounds_trained"])
 
@@ -92,7 +92,7 @@ class SourceStore:
         tensors = {f"embedding.{k}": v.detach().contiguous().cpu() for k, v in state.embedding.items()}
         opt_meta = None
         if state.optimizer is not None:
-            opt_tensors, opt_meta = _flatten_optimizer(state.optimizer)
+            opt_tensors, opt_meta = flatten_optimizer(state.optimizer)
             tensors.update(opt_tensors)
         # Tensors first, then the JSON that makes the version visible to `load`.
         write_atomic(stem.with_suffix(".safetensors"), lambda p: save_file(tensors, str(p)))
