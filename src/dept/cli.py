@@ -255,6 +255,35 @@ def adapt(runs: Annotated[list[Path], typer.Argument(help="One or more run folde
     _log(f"written to {result.out}" + (f" (plot {result.plot})" if result.plot else ""))
 
 
+@app.command()
+def finetune(model: ModelArg,
+             train: Annotated[Path, typer.Option(help="Training examples: CSV or JSONL with text, [text_pair], label")],
+             eval: Annotated[Path, typer.Option(help="Evaluation examples, same format")],
+             source: SourceOpt = None,
+             task: Annotated[str, typer.Option(help="auto, classification or regression")] = "auto",
+             epochs: Annotated[int, typer.Option(help="Passes over the training set")] = 3,
+             lr: Annotated[float, typer.Option(help="Peak learning rate of the body and table")] = 1e-4,
+             head_lr: Annotated[float | None, typer.Option(help="Peak learning rate of the head (default 10 × lr)")]
+             = None,
+             batch_size: Annotated[int, typer.Option(help="Examples per step")] = 16,
+             max_len: Annotated[int | None, typer.Option(help="Tokens per example (default min(128, max_seq_len))")]
+             = None,
+             freeze_body: Annotated[bool, typer.Option(help="Keep the transformer body fixed")] = False,
+             seed: Annotated[int, typer.Option(help="Seed of the head and the data order")] = 0,
+             out: Annotated[Path | None, typer.Option(help="Model folder to save the fine-tuned model in")] = None,
+             device: Annotated[str, typer.Option(help="cpu, cuda...")] = "cpu") -> None:
+    """Fine-tune a classification or regression head (and the model under it); accuracy and macro-F1, or
+    Pearson and Spearman, on the eval file after every epoch."""
+    from dept.posttrain.finetune import finetune as run_finetune
+    from dept.posttrain.load import load_model
+    from dept.report import finetune_table
+
+    result = run_finetune(load_model(model, source), train, eval, out, task=task, epochs=epochs, lr=lr,
+                          head_lr=head_lr, batch_size=batch_size, max_len=max_len, seed=seed,
+                          freeze_body=freeze_body, log=_log, device=device)
+    console.print(finetune_table(result.to_json()))
+
+
 @app.command("export")
 def export(model: ModelArg,
            out: Annotated[Path, typer.Option(help="Folder to write the Hugging Face model into")],

@@ -103,3 +103,22 @@ def plasticity_table(result: dict) -> Table:
     for i, step in enumerate(curves[0]["steps"]):
         table.add_row(str(step), *[_fmt(c["bpb"][i]) for c in curves])
     return table
+
+
+def finetune_table(result: dict) -> Table:
+    """Eval metrics after each epoch (epoch 0: the untrained head) against the trivial baseline."""
+    classification = result["task"] == "classification"
+    keys = ("accuracy", "macro_f1") if classification else ("pearson", "spearman", "mse")
+    table = Table(title=f"fine-tuning ({result['task']}): eval metrics per epoch")
+    table.add_column("epoch", justify="right")
+    table.add_column("train loss", justify="right")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for e in result["epochs"]:
+        table.add_row(str(e["epoch"]), _fmt(e["train_loss"]), *[_fmt(e["metrics"].get(k)) for k in keys])
+    base = result["baseline"]
+    if classification:
+        table.add_row(f"majority ({base['majority_label']})", "", _fmt(base["accuracy"]), "")
+    else:
+        table.add_row("training mean", "", "", "", _fmt(base["mse"]))
+    return table
