@@ -99,7 +99,8 @@ def plasticity_table(result: dict) -> Table:
                         f"{'frozen' if s['freeze_body'] else 'trained'}")
     table.add_column("step", justify="right")
     for c in curves:
-        table.add_column(f"{c['label']} ({c['variant']})", justify="right")
+        table.add_column(c["label"] if c["label"] == c["variant"] else f"{c['label']} ({c['variant']})",
+                         justify="right")
     for i, step in enumerate(curves[0]["steps"]):
         table.add_row(str(step), *[_fmt(c["bpb"][i]) for c in curves])
     return table
