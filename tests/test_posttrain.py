@@ -32,7 +32,7 @@ def runs(prepared_root, tmp_path_factory):
     """Finished tiny runs of three variants on the shared prepared corpus."""
     root = tmp_path_factory.mktemp("runs")
     out = {}
-    for variant in ("spec_opt", "spec", "glob"):
+    for variant in ("spec_opt", "spec", "glob", "trim", "std"):
         cfg = make_config(prepared_root, {"run.dir": str(root / variant), "train.inner.lr": 3e-3},
                           variant=variant, rounds=3, local_steps=6, sources_per_round=3)
         run_training(cfg, **quiet)
@@ -69,6 +69,25 @@ def test_spec_source_model_scores_held_tokens_as_training_did(runs):
     outside = torch.ones(folder.vocab_size, dtype=torch.bool)
     outside[held] = False
     assert outside.any() and torch.all(big_logits[..., outside] == 0)
+
+
+@pytest.mark.parametrize("variant", ["spec_opt", "spec", "glob", "trim", "std"])
+def test_every_variant_gives_each_trained_source_a_usable_model(runs, variant):
+    """Each source's model folder scores the source's validation text with its own tokenizer: finite bits per
+    byte, better than the uniform guess over the vocabulary."""
+    from dept.posttrain.scoring import score_documents
+
+    models = RunModels(runs[variant])
+    data = models.data
+    for name in models.trained_names:
+        folder = models.source_model(name)
+        assert folder.vocab_size == folder.tokenizer.get_vocab_size()
+        docs = [d for d in open(models.cfg.data.sources[models.source_names.index(name)].files[0])][:3]
+        texts = [json.loads(d)["text"] for d in docs]
+        res, _ = score_documents(folder.language_model(), folder.tokenizer, texts, 16, 4096)
+        uniform = math.log2(folder.vocab_size) * res.tokens / res.bytes
+        assert 0 < res.bits_per_byte < uniform, (variant, name)
+    assert data.global_vocab_size > 0
 
 
 def test_model_folder_round_trip_and_every_form_generates_the_same_text(runs, tmp_path):
@@ -205,9 +224,12 @@ def test_bad_input_is_one_clear_error(runs, prepared_root, tmp_path):
 
 
 def test_cli_errors_are_one_line_with_nonzero_exit(runs, tmp_path):
+    (tmp_path / "empty.csv").write_text("")
     for args in (["generate", str(runs["spec_opt"]), "hi", "--source", "xx"],
                  ["export", str(runs["spec"]), "--out", str(tmp_path / "x")],
-                 ["adapt", str(runs["glob"]), "--source", "de"]):
+                 ["adapt", str(runs["glob"]), "--source", "de"],
+                 ["finetune", str(runs["glob"]), "--train", str(tmp_path / "empty.csv"), "--eval",
+                  str(tmp_path / "empty.csv")]):
         proc = subprocess.run([sys.executable, "-m", "dept", *args], capture_output=True, text=True)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

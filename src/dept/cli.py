@@ -199,6 +199,8 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
 ModelArg = Annotated[Path, typer.Argument(help="A model folder, a run folder (with --source), or an exported folder")]
 SourceOpt = Annotated[str | None, typer.Option(help="With a run folder: the source whose model to use (GLOB, TRIM, "
                                                     "STD, ACT: omit for the global table)")]
+StateDirOpt = Annotated[Path | None, typer.Option(help="With a run folder of SPEC/SPEC-OPT: where the sources' own "
+                                                       "tables are (a Flower site's --state-dir; default RUN/sources)")]
 
 
 @app.command()
@@ -214,8 +216,7 @@ def consolidate(run_dir: Annotated[Path, typer.Argument(help="Run folder")],
                 resume: Annotated[bool, typer.Option(help="Continue an unfinished consolidation")] = False,
                 device: Annotated[str, typer.Option(help="auto (the run's train.device), cpu, cuda...")] = "auto",
                 ) -> None:
-    """Continued pre-training: a global-vocabulary table trained with the body on the mixture of the run's sources,
-    so one model serves every source; per-source bits per byte before and after."""
+    """Continued pre-training: one global-vocabulary model for every source; bits per byte before and after."""
     from dept.posttrain.consolidate import consolidate as run_consolidate
     from dept.report import consolidation_table
 
@@ -239,8 +240,7 @@ def adapt(runs: Annotated[list[Path], typer.Argument(help="One or more run folde
           = None,
           device: Annotated[str, typer.Option(help="auto (the run's train.device), cpu, cuda...")] = "auto",
           ) -> None:
-    """Plasticity: give each run's body a new source (own tokenizer, fresh embedding) and train S steps; the
-    held-out bits-per-byte curves side by side (adaptation.json, plasticity.png) and a model folder per run."""
+    """Plasticity: each run's body learns a new source (own tokenizer, fresh embedding); curves side by side."""
     from dept.posttrain.adapt import AdaptSettings
     from dept.posttrain.adapt import adapt as run_adapt
     from dept.report import plasticity_table
@@ -271,14 +271,14 @@ def finetune(model: ModelArg,
              freeze_body: Annotated[bool, typer.Option(help="Keep the transformer body fixed")] = False,
              seed: Annotated[int, typer.Option(help="Seed of the head and the data order")] = 0,
              out: Annotated[Path | None, typer.Option(help="Model folder to save the fine-tuned model in")] = None,
+             state_dir: StateDirOpt = None,
              device: Annotated[str, typer.Option(help="cpu, cuda...")] = "cpu") -> None:
-    """Fine-tune a classification or regression head (and the model under it); accuracy and macro-F1, or
-    Pearson and Spearman, on the eval file after every epoch."""
+    """Fine-tune a classification or regression head: accuracy and macro-F1, or Pearson and Spearman, per epoch."""
     from dept.posttrain.finetune import finetune as run_finetune
     from dept.posttrain.load import load_model
     from dept.report import finetune_table
 
-    result = run_finetune(load_model(model, source), train, eval, out, task=task, epochs=epochs, lr=lr,
+    result = run_finetune(load_model(model, source, state_dir), train, eval, out, task=task, epochs=epochs, lr=lr,
                           head_lr=head_lr, batch_size=batch_size, max_len=max_len, seed=seed,
                           freeze_body=freeze_body, log=_log, device=device)
     console.print(finetune_table(result.to_json()))
@@ -287,13 +287,12 @@ def finetune(model: ModelArg,
 @app.command("export")
 def export(model: ModelArg,
            out: Annotated[Path, typer.Option(help="Folder to write the Hugging Face model into")],
-           source: SourceOpt = None) -> None:
-    """Write a Hugging Face folder (Llama architecture, tied embeddings, tokenizer files) that
-    AutoModelForCausalLM / AutoTokenizer load offline with the same logits as dept's forward pass."""
+           source: SourceOpt = None, state_dir: StateDirOpt = None) -> None:
+    """Write a Hugging Face folder (Llama, tied embeddings, tokenizer files) that transformers loads offline."""
     from dept.posttrain.hf import export_folder
     from dept.posttrain.load import load_model
 
-    path = export_folder(load_model(model, source), out)
+    path = export_folder(load_model(model, source, state_dir), out)
     _log(f"exported to {path}: AutoModelForCausalLM.from_pretrained('{path}') (needs transformers: "
          "pip install 'dept[hf]')")
 
@@ -309,13 +308,14 @@ def generate(model: ModelArg,
              = 1.0,
              seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same text")] = 0,
              stop: Annotated[bool, typer.Option(help="Stop at the end-of-text token")] = True,
+             state_dir: StateDirOpt = None,
              device: Annotated[str, typer.Option(help="cpu, cuda...")] = "cpu") -> None:
     """Continue a prompt, streamed to the terminal."""
     from dept.posttrain.generate import Sampling
     from dept.posttrain.generate import generate as run_generate
     from dept.posttrain.load import load_model
 
-    folder = load_model(model, source)
+    folder = load_model(model, source, state_dir)
     sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop)
     sampling.check()
     sys.stdout.write(prompt)

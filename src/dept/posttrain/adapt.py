@@ -219,7 +219,8 @@ def plot_curves(curves: list[Curve], path: Path, name: str, settings: AdaptSetti
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for c in curves:
-        ax.plot(c.steps, c.bpb, marker="o", markersize=3, label=c.label if c.label == c.variant else f"{c.label} ({c.variant})")
+        label = c.label if c.label == c.variant else f"{c.label} ({c.variant})"
+        ax.plot(c.steps, c.bpb, marker="o", markersize=3, label=label)
     ax.set_xlabel("adaptation step")
     ax.set_ylabel("held-out bits per byte")
     ax.set_title(f"Plasticity on '{name}': fresh embedding, body {'frozen' if settings.freeze_body else 'trained'}")
