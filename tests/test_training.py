@@ -244,3 +244,25 @@ def test_bf16_autocast_trains(tiny):
     cfg = tiny(variant="spec", rounds=1, overrides={"train.precision": "bf16"})
     results = Trainer(cfg, log=lambda *_: None).train()
     assert all(r.loss == r.loss and r.loss < 10 for r in results)
+
+
+def test_stability_figures_match_the_checkpoints(tiny):
+    """Per round: ||Δ|| of the outer step equals the distance between consecutive checkpoints' bodies (FedAvg),
+    ||θ|| equals the checkpoint's body norm, and each source reports its pre-clip gradient norms."""
+    cfg = tiny(variant="glob", rounds=3, sources_per_round=2, overrides={"train.keep_checkpoints": 5})
+    Trainer(cfg, log=lambda *_: None).train()
+    bodies = [load_checkpoint(p)[0].body for p in sorted((cfg.run_dir / "checkpoints").iterdir())]
+
+    def norm(tensors):
+        return sum(float(v.double().pow(2).sum()) for v in tensors.values()) ** 0.5
+
+    rounds = metrics(cfg)
+    for r in (1, 2):
+        s = rounds[r]["stability"]
+        diff = {k: bodies[r][k] - bodies[r - 1][k] for k in bodies[r]}
+        assert s["pseudo_grad_norm"] == pytest.approx(norm(diff), rel=1e-4)
+        assert s["body_norm"] == pytest.approx(norm(bodies[r]), rel=1e-5)
+        assert set(s["grad_norm"]) == set(rounds[r]["sources"])
+        for key in rounds[r]["sources"]:
+            assert 0 < s["grad_norm"][key] <= s["grad_norm_max"][key]
+            assert s["activation_norm"][key] > 0 and s["local_update_norm"][key] > 0

@@ -23,6 +23,7 @@ from dept.algorithm.participants import round_participants
 from dept.algorithm.runtime import seeded_generator
 from dept.algorithm.types import RoundPlan, SharedState, SourceEval, WorkerUpdate
 from dept.algorithm.variants import VariantSpec, spec_of
+from dept.algorithm.worker import TRAINING_STATS
 from dept.config import Config, Variant
 from dept.engines.base import Engine
 from dept.engines.select import build_engine, engine_kind
@@ -201,6 +202,9 @@ class Trainer:
             "lr_steps": [plan.first_step, plan.first_step + plan.local_steps],
             "elapsed_s": elapsed_s,
             "train_s": {u.key: u.elapsed_s for u in updates},
+            # Training health (the paper's Figure 2): the outer step's and each participant's (worker.TRAINING_STATS)
+            "stability": {**self.coordinator.aggregator.stats,
+                          **{name: {u.key: u.stats.get(name) for u in updates} for name in TRAINING_STATS}},
             **({"engine": self.engine.traffic()} if hasattr(self.engine, "traffic") else {}),
         }
 

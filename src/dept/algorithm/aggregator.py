@@ -59,6 +59,8 @@ class Aggregator:
         self.spec = spec
         self.outer = outer
         self.by_tokens = by_tokens
+        # The last round's body: ||Δ|| = ||θ − Σ w_k θ_k|| (the outer gradient) and ||θ|| after the step.
+        self.stats: dict[str, float] = {}
 
     def apply(self, shared: SharedState, updates: list[WorkerUpdate],
               combine: Callable[[PartialSums], PartialSums] | None = None) -> None:
@@ -112,6 +114,12 @@ class Aggregator:
         return partial
 
     def finish(self, shared: SharedState, partial: PartialSums) -> None:
+        delta = sum(float((shared.body[k].float() - v).pow(2).sum()) for k, v in partial.body.items())
+        self._finish(shared, partial)
+        self.stats = {"pseudo_grad_norm": delta ** 0.5,
+                      "body_norm": sum(float(v.float().pow(2).sum()) for v in shared.body.values()) ** 0.5}
+
+    def _finish(self, shared: SharedState, partial: PartialSums) -> None:
         if not self.spec.uses_outer_optimizer:  # STD/ACT: the one model, adopted as it is
             for name, value in partial.body.items():
                 shared.body[name].copy_(value)

@@ -27,14 +27,20 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def train_step(lm: LanguageModel, optimizer: torch.optim.Optimizer, batch: torch.Tensor, grad_clip: float,
-               precision: str = "fp32") -> torch.Tensor:
-    """Forward, backward, clip (over the optimizer's parameters), step. Returns the detached loss (no sync)."""
+               precision: str = "fp32", grad_norms: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Forward, backward, clip (over the optimizer's parameters), step. Returns the detached loss (no sync);
+    `grad_norms` receives the global gradient norm before clipping (a tensor: no sync either)."""
     with autocast_context(batch.device, precision):
         loss = lm.loss(batch)
     loss.backward()
-    if grad_clip > 0:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if grad_clip > 0 or grad_norms is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if grad_norms is not None:
+            grad_norms.append(norm.detach())
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()

@@ -176,6 +176,7 @@ class WorkerUpdate:
     last_loss: float = float("nan")
     elapsed_s: float = 0.0
     moved: Transfer | None = None  # set by the engine
+    stats: dict[str, float] = field(default_factory=dict)  # training health (see `worker.TRAINING_STATS`)
 
     @property
     def key(self) -> str:
@@ -189,7 +190,7 @@ class WorkerUpdate:
         """The same update without its tensors: what other processes learn of it when the tensors are summed
         where they are (see `aggregator.PartialSums`)."""
         return WorkerUpdate(self.participant, self.round, None, self.tokens, None, self.train_loss,
-                            self.last_loss, self.elapsed_s, self.moved)
+                            self.last_loss, self.elapsed_s, self.moved, dict(self.stats))
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------------

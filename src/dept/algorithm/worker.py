@@ -30,6 +30,23 @@ from dept.config import Config
 from dept.data.stream import MixtureStream
 from dept.model import Body, LanguageModel, SourceEmbedding
 
+# What each update reports of its round's training health (the paper's Figure 2, in small):
+#   grad_norm / grad_norm_max   global gradient norm before clipping, mean and max over the local steps
+#   activation_norm             mean L2 norm per token of the last block's output, on the round's last batch
+#   local_update_norm           ||θ_start − θ_k||: how far the body moved in the round (the source's pseudo-gradient)
+TRAINING_STATS = ("grad_norm", "grad_norm_max", "activation_norm", "local_update_norm")
+
+
+def _activation_norm(out: list[torch.Tensor]):
+    def hook(_module, _inputs, output: torch.Tensor) -> None:
+        out.append(output.detach().float().norm(dim=-1).mean().cpu())
+    return hook
+
+
+def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    total = sum(float((a[k].detach().float().cpu() - b[k].float()).pow(2).sum()) for k in b)
+    return total ** 0.5
+
 
 class Worker:
     def __init__(self, cfg: Config, spec: VariantSpec, data: LocalData, store: SourceStore, device: torch.device):
@@ -65,6 +82,8 @@ class Worker:
                                         int(state.extra.get("mixture_step", 0)) if state else 0)
         reset_every = tcfg.act_reset_every or tcfg.local_steps
         losses: list[torch.Tensor] = []  # read once per round: no device sync per step
+        grad_norms: list[torch.Tensor] = []
+        activation: list[torch.Tensor] = []
         tokens = 0
         for i in range(plan.local_steps):
             step = plan.first_step + i
@@ -73,16 +92,24 @@ class Worker:
             set_learning_rate(optimizer, learning_rate(step, plan.total_steps, tcfg.inner.lr,
                                                        tcfg.inner.warmup_steps, tcfg.inner.min_lr_ratio))
             batch = stream.next_batch().to(self.device, non_blocking=True)
-            losses.append(train_step(lm, optimizer, batch, tcfg.inner.grad_clip, tcfg.precision))
+            hook = body.blocks[-1].register_forward_hook(_activation_norm(activation)) \
+                if i == plan.local_steps - 1 else None
+            losses.append(train_step(lm, optimizer, batch, tcfg.inner.grad_clip, tcfg.precision, grad_norms))
+            if hook is not None:
+                hook.remove()
             tokens += batch.shape[0] * (batch.shape[1] - 1)
 
         self._save_state(assignment, embedding, optimizer, stream, state)
         values = torch.stack(losses).float().tolist()
         body_out = {k: v.detach().to("cpu", copy=True) for k, v in body.state_dict().items()}
+        norms = torch.stack(grad_norms).float().cpu()
+        stats = {"grad_norm": float(norms.mean()), "grad_norm_max": float(norms.max()),
+                 "activation_norm": float(activation[0]) if activation else float("nan"),
+                 "local_update_norm": _distance(assignment.download.body, body_out)}
         return WorkerUpdate(participant=participant, round=plan.round, body=body_out, tokens=tokens,
                             embedding=self.spec.upload(embedding.tensors(), embedding.global_ids),
                             train_loss=float(np.mean(values)), last_loss=values[-1],
-                            elapsed_s=time.perf_counter() - t0)
+                            elapsed_s=time.perf_counter() - t0, stats=stats)
 
     def _forget_embedding(self, embedding: SourceEmbedding, optimizer: torch.optim.Optimizer, step: int) -> None:
         """ACT: re-initialise the embeddings and drop their optimizer moments."""

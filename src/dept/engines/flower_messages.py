@@ -35,7 +35,7 @@ from dept.algorithm.types import (  # noqa: E402
 )
 
 # Record names: every message is a RecordDict of some of these.
-RUN, PLAN, WHO, BODY, TABLE, IDS, RESULT = "run", "plan", "who", "body", "table", "ids", "result"
+RUN, PLAN, WHO, BODY, TABLE, IDS, RESULT, STATS = "run", "plan", "who", "body", "table", "ids", "result", "stats"
 
 
 def _arrays(tensors: TensorDict) -> ArrayRecord:
@@ -123,6 +123,7 @@ def encode_update(u: WorkerUpdate) -> RecordDict:
         WHO: _who(u.participant), BODY: _arrays(u.body),
         RESULT: ConfigRecord({"round": u.round, "tokens": u.tokens, "train_loss": u.train_loss,
                               "last_loss": u.last_loss, "elapsed_s": u.elapsed_s}),
+        STATS: ConfigRecord({k: float(v) for k, v in u.stats.items()}),
     })
     _put_table(content, u.embedding)
     return content
@@ -130,9 +131,11 @@ def encode_update(u: WorkerUpdate) -> RecordDict:
 
 def decode_update(content: RecordDict) -> WorkerUpdate:
     r = content.config_records[RESULT]
+    stats = content.config_records[STATS] if STATS in content.config_records else {}
     return WorkerUpdate(_participant(content.config_records[WHO]), int(r["round"]),
                         _tensors(content.array_records[BODY]), int(r["tokens"]), _get_table(content),
-                        float(r["train_loss"]), float(r["last_loss"]), float(r["elapsed_s"]))
+                        float(r["train_loss"]), float(r["last_loss"]), float(r["elapsed_s"]),
+                        stats={k: float(v) for k, v in stats.items()})
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------------
