@@ -11,6 +11,7 @@
     dept finetune MODEL --train F --eval F     a classification / regression head (CSV or JSONL)
     dept export MODEL --out DIR                a Hugging Face `transformers` folder (Llama architecture)
     dept generate MODEL "prompt"               sample a continuation, streamed
+    dept report RUN_DIR... --out DIR           plots and a Markdown/HTML page over runs
     dept flower superlink|supernode|run        a Flower deployment (see dept.engines.flower_commands)
     dept settings                              every config key with its type, default and meaning
 """
@@ -145,10 +146,15 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
           trim_fraction: Annotated[float, typer.Option(help="TRIM: share of the global rows a source holds")] = 1.0,
           local_steps: Annotated[int, typer.Option(help="Local steps N per round")] = 500,
           body_params: Annotated[int, typer.Option(help="Use this body size instead of computing it")] = 0,
-          dtype_bytes: Annotated[int, typer.Option(help="Bytes per parameter sent")] = 4) -> None:
+          dtype_bytes: Annotated[int, typer.Option(help="Bytes per parameter sent")] = 4,
+          compression: Annotated[str | None, typer.Option(help="Uploads: none, bf16 or int8 (default: the "
+                                                                "config's train.compression, else none)")] = None,
+          compression_scale: Annotated[str | None, typer.Option(help="int8: a scale per tensor or row")] = None,
+          ) -> None:
     """Per-round communication of each variant against STD's per-step all-reduce, and embedding memory."""
+    from dept.algorithm.compression import scheme_of
     from dept.config import Variant, load_config
-    from dept.eval.comms import PAPER_MC4_1B7, body_parameters, comms_row
+    from dept.eval.comms import PAPER_MC4_1B7, body_parameters, body_scale_count, comms_row
 
     note = ""
     if preset == "paper-mc4-1.7b":
@@ -165,6 +171,8 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
         from dept.data.prepared import PreparedData
 
         cfg = load_config(config)
+        compression = compression or cfg.train.compression
+        compression_scale = compression_scale or cfg.train.compression_scale
         n_layers, d_model, d_mlp, mlp = cfg.model.n_layers, cfg.model.d_model, cfg.model.mlp_hidden, "swiglu"
         local_steps = cfg.train.local_steps
         own_vocab = cfg.data.tokenizer.per_source.vocab_size
@@ -178,20 +186,42 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
             vocab = cfg.data.tokenizer.global_.vocab_size
     d_mlp = d_mlp or 4 * d_model
     body = body_params or body_parameters(n_layers, d_model, d_mlp, mlp)
+    try:
+        scheme = scheme_of(compression or "none", compression_scale or "tensor")
+    except ValueError:
+        raise DeptError(f"--compression: unknown '{compression}' (choose none, bf16 or int8)") from None
+    if compression_scale not in (None, "tensor", "row"):
+        raise DeptError(f"--compression-scale: unknown '{compression_scale}' (choose tensor or row)")
+    body_scales = body_scale_count(n_layers, d_model, d_mlp, mlp, per=(compression_scale or "tensor"))
     table = Table(title=f"per sampled source per round (N={local_steps}): body {body / 1e6:.1f}M, "
-                        f"vocabulary {vocab}, d_model {d_model}")
-    for col in ("variant", "params each way", "MB each way", "per-step equivalent", "less than STD",
+                        f"vocabulary {vocab}, d_model {d_model}" + (f", uploads {scheme}" if scheme else ""))
+    megabytes = ("MB down", "MB up") if scheme else ("MB each way",)
+    for col in ("variant", "params each way", *megabytes, "per-step equivalent", "less than STD",
                 "embedding params held"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for v in (Variant.STD, Variant.GLOB, Variant.TRIM, Variant.SPEC, Variant.SPEC_OPT):
         row = comms_row(v, body, d_model, vocab, local_steps, trim_rows=int(round(trim_fraction * vocab)),
-                        own_vocab=own_vocab, dtype_bytes=dtype_bytes)
-        table.add_row(v.value.upper().replace("_", "-"), f"{row.params_up / 1e6:,.1f}M",
-                      f"{row.bytes_up / 1e6:,.1f}", f"{row.params_up / local_steps / 1e6:,.2f}M",
+                        own_vocab=own_vocab, dtype_bytes=dtype_bytes, compression=scheme, body_scales=body_scales)
+        sizes = (f"{row.bytes_down / 1e6:,.1f}", f"{row.bytes_up / 1e6:,.1f}") if scheme else \
+            (f"{row.bytes_up / 1e6:,.1f}",)
+        table.add_row(v.value.upper().replace("_", "-"), f"{row.params_up / 1e6:,.1f}M", *sizes,
+                      f"{row.params_up / local_steps / 1e6:,.2f}M",
                       f"{row.reduction_vs_std:,.0f}×", f"{row.embedding_params_held / 1e6:,.1f}M")
     console.print(table)
     if note:
         _log(note)
+
+
+@app.command()
+def report(runs: Annotated[list[Path], typer.Argument(help="Run folders (seeds of one setting are grouped), and "
+                                                         "adaptation or consolidation results")],
+           out: Annotated[Path, typer.Option(help="Folder for the plots, report.md and report.html")]) -> None:
+    """Plots and one Markdown + HTML page: bits-per-byte curves, final results with seed spread, communication,
+    memory, training stability, plasticity."""
+    from dept.reporting import build_report
+
+    path = build_report(runs, out, log=_log)
+    _log(f"report: {path} and {path.with_suffix('.html')}")
 
 
 # ---- models people use ----------------------------------------------------------------------------------------

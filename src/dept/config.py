@@ -163,6 +163,12 @@ class TrainConfig(Strict):
                         "local), local (one process), torchrun (torch.distributed), flower (Flower simulation)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N (torchrun: cuda = the rank's LOCAL_RANK GPU)")
     precision: str = Field("fp32", pattern="^(fp32|bf16)$", description="bf16 = autocast on CUDA/CPU")
+    compression: str = Field("none", pattern="^(none|bf16|int8)$",
+                             description="Uploads of GLOB/TRIM/SPEC/SPEC-OPT: none (the trained tensors, fp32), or "
+                             "the pseudo-gradient θ_start − θ_k (and the table's) in bf16 or int8, with error "
+                             "feedback (each source keeps what rounding withheld and adds it to its next upload)")
+    compression_scale: str = Field("tensor", pattern="^(tensor|row)$",
+                                   description="int8: one fp32 scale per tensor, or per row (+4 bytes a row)")
     min_sources: int = Field(0, ge=0, description="Aggregate a round once this many sampled sources answered "
                              "(0 = all); with fewer the round is tried again (engines that can lose workers)")
     round_retries: int = Field(2, ge=0, description="Tries again of a round with too few answers before the run "
@@ -269,6 +275,10 @@ class Config(Strict):
         d["train"] = {k: v for k, v in d["train"].items() if k not in ("checkpoint_every", "keep_checkpoints",
                                                                        "device", "threads", "engine",
                                                                        "min_sources", "round_retries")}
+        if d["train"]["compression"] != "int8":  # only int8 has scales
+            d["train"].pop("compression_scale")
+        if d["train"]["compression"] == "none":  # as before the option existed: older runs still resume
+            d["train"].pop("compression")
         d.pop("eval", None)
         d.pop("flower", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -10,6 +10,10 @@ Aggregation is split where processes meet: `accumulate` forms the weighted sums 
 `PartialSums`, additive), an engine whose updates live in several processes sums those across them (torchrun:
 one all-reduce per tensor), and `finish` turns the total into the outer step. With every update in one process
 the sum needs no combining and the result is the same as one weighted mean.
+
+A compressed update (`train.compression`) carries θ_start − θ_k quantised: it is turned back into θ_k with the
+θ_start this aggregator sent, the shared state before the round (`compression.trained_values`), and from there on
+is averaged like any other.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dept.algorithm.types import SharedState, TensorDict, WorkerUpdate
+from dept.algorithm.compression import trained_values
+from dept.algorithm.types import QuantizedTensors, SharedState, TableRows, TensorDict, WorkerUpdate
 from dept.algorithm.variants import Rows, VariantSpec
 from dept.config import OuterOptConfig
 
@@ -54,6 +59,18 @@ def _zeros(tensors: TensorDict) -> TensorDict:
     return {k: torch.zeros_like(v, dtype=torch.float32) for k, v in tensors.items()}
 
 
+def _table_start(shared: SharedState, payload) -> TensorDict:
+    """The table a compressed upload's pseudo-gradient is relative to: the shared one (TRIM: the uploaded rows)."""
+    if not isinstance(payload.tensors, QuantizedTensors):
+        return {}  # not needed: the upload holds the trained values
+    if isinstance(payload, TableRows):
+        start = {"tokens": shared.embedding["tokens"][payload.ids.long()]}
+        if "positions" in shared.embedding:
+            start["positions"] = shared.embedding["positions"]
+        return start
+    return shared.embedding
+
+
 class Aggregator:
     def __init__(self, spec: VariantSpec, outer: OuterOptConfig, by_tokens: bool = True):
         self.spec = spec
@@ -79,8 +96,8 @@ class Aggregator:
     def _check(self, shared: SharedState, u: WorkerUpdate) -> None:
         if u.body is None:
             return  # its tensors are summed in another process
-        if set(u.body) != set(shared.body):
-            raise ValueError(f"update from '{u.key}' has body tensors {sorted(set(u.body) ^ set(shared.body))} "
+        if set(u.body.keys()) != set(shared.body):
+            raise ValueError(f"update from '{u.key}' has body tensors {sorted(set(u.body.keys()) ^ set(shared.body))} "
                              "that do not match the shared body")
         want = self.spec.payload_type
         got = type(u.embedding) if u.embedding is not None else None
@@ -98,18 +115,19 @@ class Aggregator:
         for u, w in zip(updates, weights, strict=True):
             if u.body is None:
                 continue
-            for name, value in u.body.items():
+            for name, value in trained_values(u.body, shared.body).items():
                 partial.body[name].add_(value.float(), alpha=w)
             if not self.spec.has_global_embedding:
                 continue
+            table = trained_values(u.embedding.tensors, _table_start(shared, u.embedding))
             if held_rows:
                 ids = u.embedding.ids.long()
-                partial.table["tokens"].index_add_(0, ids, u.embedding.tensors["tokens"].float(), alpha=w)
+                partial.table["tokens"].index_add_(0, ids, table["tokens"].float(), alpha=w)
                 partial.held_weight.index_add_(0, ids, torch.full((ids.numel(),), w))
                 if "positions" in partial.table:  # every source holds every position: averaged like the body
-                    partial.table["positions"].add_(u.embedding.tensors["positions"].float(), alpha=w)
+                    partial.table["positions"].add_(table["positions"].float(), alpha=w)
             else:
-                for name, value in u.embedding.tensors.items():
+                for name, value in table.items():
                     partial.table[name].add_(value.float(), alpha=w)
         return partial
 

@@ -1,6 +1,7 @@
 """Per-source state that waits on disk between the rounds in which the source is sampled.
 
-A source's state (its own embedding in SPEC/SPEC-OPT, its AdamW state, its data-stream position) is written as
+A source's state (its own embedding in SPEC/SPEC-OPT, its AdamW state, its data-stream position, and with
+`train.compression` the residual its error feedback keeps) is written as
 `DIR/NAME/rRRRRR.safetensors` + `.json` after the round RRRRR that trained it. Loading for round t takes the
 newest version written before t, so a run resumed from the checkpoint of round t never sees a version that a
 killed round wrote after it; `prune` drops versions no checkpoint can need. Only the active source's state is ever
@@ -31,6 +32,7 @@ class SourceState:
     streams: dict[str, StreamPosition] = field(default_factory=dict)  # one per data stream (STD: per source)
     extra: dict = field(default_factory=dict)  # e.g. the mixture's step counter
     rounds_trained: int = 0
+    residual: dict[str, torch.Tensor] = field(default_factory=dict)  # `train.compression`: error feedback
 
 
 def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -76,7 +78,8 @@ class SourceStore:
         embedding = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("embedding.")}
         optimizer = unflatten_optimizer(tensors, meta["optimizer"]) if meta["optimizer"] else None
         streams = {k: StreamPosition(**v) for k, v in meta["streams"].items()}
-        return SourceState(embedding, optimizer, streams, meta["extra"], meta["rounds_trained"])
+        residual = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("residual.")}
+        return SourceState(embedding, optimizer, streams, meta["extra"], meta["rounds_trained"], residual)
 
     def prune_all(self, keep_from_round: int) -> None:
         """`prune` every source this store holds: a source not trained again must not keep a stale version."""
@@ -90,6 +93,7 @@ class SourceStore:
     def save(self, name: str, round_index: int, state: SourceState) -> None:
         stem = self.root / name / f"r{round_index:06d}"
         tensors = {f"embedding.{k}": v.detach().contiguous().cpu() for k, v in state.embedding.items()}
+        tensors.update({f"residual.{k}": v.detach().contiguous().cpu() for k, v in state.residual.items()})
         opt_meta = None
         if state.optimizer is not None:
             opt_tensors, opt_meta = flatten_optimizer(state.optimizer)

@@ -15,10 +15,14 @@ from dept.config import InnerOptConfig
 from dept.model import LanguageModel
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], inner: InnerOptConfig,
-                    device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(params: Iterable[torch.nn.Parameter], inner: InnerOptConfig, device: torch.device,
+                    fused: bool | None = None, foreach: bool | None = None) -> torch.optim.AdamW:
+    """AdamW; `fused`/`foreach` default to fused on CUDA and torch's default elsewhere (the per-tensor loop on
+    CPU). `dept.algorithm.speed.optimizer_kwargs` says which is fastest where."""
+    if fused is None and not foreach:
+        fused = device.type == "cuda" or None
     return torch.optim.AdamW(list(params), lr=inner.lr, betas=inner.betas, eps=inner.eps,
-                             weight_decay=inner.weight_decay, fused=device.type == "cuda" or None)
+                             weight_decay=inner.weight_decay, fused=fused, foreach=foreach)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

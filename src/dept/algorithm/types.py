@@ -17,11 +17,40 @@ import torch
 TensorDict = dict[str, torch.Tensor]
 
 
-def payload_bytes(*parts: TensorDict | torch.Tensor | None) -> int:
-    """Bytes of the tensors handed over, at their dtype."""
+@dataclass
+class QuantizedTensors:
+    """A tensor dict compressed for the wire (`train.compression`, see `dept.algorithm.compression`).
+
+    A compressed upload carries one of these in place of the trained tensors: the pseudo-gradient
+    Δ = θ_start − θ_k (plus the worker's error feedback), which the aggregator turns back into θ_k with the θ_start
+    it sent. `scheme` "bf16": `values` in bfloat16, no scales; "int8-tensor" / "int8-row": int8 values and fp32
+    `scales` shaped to broadcast against them (one per tensor, or one per row: the first dimension; a vector is one
+    row), so that x ≈ values · scale.
+    """
+
+    scheme: str
+    values: TensorDict
+    scales: TensorDict = field(default_factory=dict)
+
+    def keys(self):
+        return self.values.keys()
+
+    @property
+    def nbytes(self) -> int:
+        return payload_bytes(self.values, self.scales)
+
+
+Encoded = TensorDict | QuantizedTensors  # tensors as they travel: the values themselves, or compressed
+
+
+def payload_bytes(*parts: Encoded | torch.Tensor | None) -> int:
+    """Bytes of the tensors handed over, at their dtype (a compressed part: its values and scales)."""
     total = 0
     for part in parts:
         if part is None:
+            continue
+        if isinstance(part, QuantizedTensors):
+            total += part.nbytes
             continue
         tensors = part.values() if isinstance(part, dict) else [part]
         total += sum(t.numel() * t.element_size() for t in tensors)
@@ -78,9 +107,11 @@ class SourceProfile:
 
 @dataclass
 class WholeTable:
-    """The whole global table ("tokens", and "positions" when learned): GLOB, STD, ACT."""
+    """The whole global table ("tokens", and "positions" when learned): GLOB, STD, ACT.
 
-    tensors: TensorDict
+    An upload under `train.compression` holds the table's pseudo-gradient, compressed (`QuantizedTensors`)."""
+
+    tensors: Encoded
 
     @property
     def nbytes(self) -> int:
@@ -92,10 +123,11 @@ class TableRows:
     """Some rows of the global table (TRIM): "tokens" holds the rows in `ids` order; "positions" is whole.
 
     `ids` (int32 global token ids) travel on upload, so the aggregator places rows without keeping any source's
-    vocabulary; a download leaves them out (None): the receiver knows its own V_k.
+    vocabulary; a download leaves them out (None): the receiver knows its own V_k. An upload under
+    `train.compression` holds the rows' pseudo-gradient, compressed (`QuantizedTensors`); the ids stay int32.
     """
 
-    tensors: TensorDict
+    tensors: Encoded
     ids: torch.Tensor | None = None
 
     @property
@@ -169,7 +201,8 @@ class WorkerUpdate:
 
     participant: Participant
     round: int
-    body: TensorDict | None  # the locally trained body θ_k; None where it was summed in another process
+    body: Encoded | None  # the locally trained body θ_k, or (`train.compression`) the pseudo-gradient
+    #                       θ_start − θ_k compressed; None where it was summed in another process
     tokens: int  # tokens processed: the FedAvg weight
     embedding: EmbeddingPayload = None  # GLOB: the whole table; TRIM: its rows with their ids; SPEC: nothing
     train_loss: float = float("nan")  # mean over the round's local steps

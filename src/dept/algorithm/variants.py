@@ -8,6 +8,9 @@
 | SPEC-OPT | own        | all its own | local        | body                                  | yes             |
 | STD, ACT | global     | all of V    | shared       | (one participant: the mixture)        | no: plain sync  |
 
+With `train.compression` (bf16/int8) the DEPT variants upload the pseudo-gradient θ_start − θ_k of the same
+tensors, quantised with error feedback (`dept.algorithm.compression`); downloads stay fp32.
+
 V_k = the global token ids occurring in source k's training split (`trim_vocab.npy`). A table that holds only
 V_k also restricts that source's softmax to V_k (tied head); how a token outside V_k is scored in evaluation is
 `eval.perplexity.HeldRows`. Callers ask this table; they never branch on the variant's name.
@@ -60,6 +63,12 @@ class VariantSpec:
     @property
     def uses_outer_optimizer(self) -> bool:
         """DEPT variants aggregate with FedAvg/Nesterov; the baselines adopt their single model as it is."""
+        return not self.baseline
+
+    @property
+    def compresses_upload(self) -> bool:
+        """Whether `train.compression` applies: the DEPT variants send a pseudo-gradient to the outer step; the
+        baselines stand for per-step synchronous training (accounted as STD's all-reduce) and send their model."""
         return not self.baseline
 
     def held_ids(self, trim_vocab: np.ndarray) -> np.ndarray | None:

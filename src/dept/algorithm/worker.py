@@ -3,7 +3,8 @@
 The same worker trains every variant; the variant table decides where the table comes from (the download for
 GLOB/TRIM/STD/ACT, the source's own saved state for SPEC/SPEC-OPT), how many rows it has, and what goes back in
 the `WorkerUpdate`. The STD/ACT baselines run as the `Mixture` participant, whose batches mix all trained sources
-with temperature τ.
+with temperature τ. With `train.compression` the update carries the pseudo-gradient θ_start − θ_k (and the
+table's) quantised, and the source's state keeps the rounding residual for its next upload (error feedback).
 
 ACT (active forgetting, Chen et al. 2023) re-initialises the token (and learned position) embeddings every
 `act_reset_every` steps and drops their AdamW moments; the fresh embeddings follow the same global cosine schedule
@@ -18,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from dept.algorithm.compression import upload_compression
 from dept.algorithm.participants import LocalData
 from dept.algorithm.runtime import seeded_generator
 from dept.algorithm.schedule import learning_rate
@@ -51,6 +53,7 @@ def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 class Worker:
     def __init__(self, cfg: Config, spec: VariantSpec, data: LocalData, store: SourceStore, device: torch.device):
         self.cfg, self.spec, self.data, self.store, self.device = cfg, spec, data, store, device
+        self.compression = upload_compression(cfg.train, spec.compresses_upload)  # None: sent as trained
 
     @property
     def _keeps_optimizer_state(self) -> bool:
@@ -99,16 +102,20 @@ class Worker:
                 hook.remove()
             tokens += batch.shape[0] * (batch.shape[1] - 1)
 
-        self._save_state(assignment, embedding, optimizer, stream, state)
-        values = torch.stack(losses).float().tolist()
         body_out = {k: v.detach().to("cpu", copy=True) for k, v in body.state_dict().items()}
+        table = self.spec.upload(embedding.tensors(), embedding.global_ids)
+        sent_body, residual = body_out, {}
+        if self.compression is not None:  # the pseudo-gradient, quantised; the residual waits for the next round
+            sent_body, table, residual = self.compression.encode(assignment.download, body_out, table,
+                                                                 state.residual if state else {})
+        self._save_state(assignment, embedding, optimizer, stream, state, residual)
+        values = torch.stack(losses).float().tolist()
         norms = torch.stack(grad_norms).float().cpu()
         stats = {"grad_norm": float(norms.mean()), "grad_norm_max": float(norms.max()),
                  "activation_norm": float(activation[0]) if activation else float("nan"),
                  "local_update_norm": _distance(assignment.download.body, body_out)}
-        return WorkerUpdate(participant=participant, round=plan.round, body=body_out, tokens=tokens,
-                            embedding=self.spec.upload(embedding.tensors(), embedding.global_ids),
-                            train_loss=float(np.mean(values)), last_loss=values[-1],
+        return WorkerUpdate(participant=participant, round=plan.round, body=sent_body, tokens=tokens,
+                            embedding=table, train_loss=float(np.mean(values)), last_loss=values[-1],
                             elapsed_s=time.perf_counter() - t0, stats=stats)
 
     def _forget_embedding(self, embedding: SourceEmbedding, optimizer: torch.optim.Optimizer, step: int) -> None:
@@ -121,9 +128,9 @@ class Worker:
             optimizer.state.pop(p, None)
 
     def _save_state(self, assignment: Assignment, embedding: SourceEmbedding, optimizer: torch.optim.Optimizer,
-                    stream, previous: SourceState | None) -> None:
+                    stream, previous: SourceState | None, residual: dict[str, torch.Tensor]) -> None:
         participant = assignment.participant
-        new = SourceState(rounds_trained=(previous.rounds_trained if previous else 0) + 1)
+        new = SourceState(rounds_trained=(previous.rounds_trained if previous else 0) + 1, residual=residual)
         if not self.spec.has_global_embedding:
             new.embedding = embedding.tensors()
         if self._keeps_optimizer_state:

@@ -4,6 +4,9 @@ Tensors travel as `ArrayRecord`s (one per part: body, table), scalars and names 
 variant sends is in a message: SPEC/SPEC-OPT messages hold the body alone; their tables, tokenizers and optimizer
 state stay in the site's files. The run's resolved config travels with every message (a few KB), because a
 ClientApp keeps nothing between messages (in deployment each message may start a fresh process).
+
+A compressed part (`QuantizedTensors`, `train.compression`) travels as its int8 or bf16 values (bf16, which numpy
+lacks, as the same 2 bytes viewed as int16), its fp32 scales in a record of their own, and its scheme.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from dept.algorithm.types import (  # noqa: E402
     Assignment,
     Download,
     EmbeddingPayload,
+    Encoded,
     EvalAssignment,
     Mixture,
     Participant,
+    QuantizedTensors,
     RoundPlan,
     Source,
     SourceEval,
@@ -44,6 +49,29 @@ def _arrays(tensors: TensorDict) -> ArrayRecord:
 
 def _tensors(record: ArrayRecord) -> TensorDict:
     return dict(record.to_torch_state_dict())
+
+
+def _put(content: RecordDict, name: str, tensors: Encoded) -> None:
+    """Tensors under `name`: as they are, or a compressed part's values + NAME.scales + NAME.codec (its scheme)."""
+    if not isinstance(tensors, QuantizedTensors):
+        content[name] = _arrays(tensors)
+        return
+    content[name] = _arrays({k: v.view(torch.int16) if v.dtype == torch.bfloat16 else v
+                             for k, v in tensors.values.items()})
+    if tensors.scales:
+        content[name + ".scales"] = _arrays(tensors.scales)
+    content[name + ".codec"] = ConfigRecord({"scheme": tensors.scheme})
+
+
+def _get(content: RecordDict, name: str) -> Encoded:
+    values = _tensors(content.array_records[name])
+    if name + ".codec" not in content.config_records:
+        return values
+    scheme = str(content.config_records[name + ".codec"]["scheme"])
+    if scheme == "bf16":
+        values = {k: v.view(torch.bfloat16) for k, v in values.items()}
+    scales = _tensors(content.array_records[name + ".scales"]) if name + ".scales" in content.array_records else {}
+    return QuantizedTensors(scheme, values, scales)
 
 
 def array_bytes(content: RecordDict) -> int:
@@ -78,7 +106,7 @@ def _participant(record: ConfigRecord) -> Participant:
 def _put_table(content: RecordDict, payload: EmbeddingPayload) -> None:
     if payload is None:
         return
-    content[TABLE] = _arrays(payload.tensors)
+    _put(content, TABLE, payload.tensors)
     content[WHO + ".table"] = ConfigRecord({"kind": "whole" if isinstance(payload, WholeTable) else "rows"})
     if isinstance(payload, TableRows) and payload.ids is not None:
         content[IDS] = _arrays({"ids": payload.ids})
@@ -87,7 +115,7 @@ def _put_table(content: RecordDict, payload: EmbeddingPayload) -> None:
 def _get_table(content: RecordDict) -> EmbeddingPayload:
     if TABLE not in content.array_records:
         return None
-    tensors = _tensors(content.array_records[TABLE])
+    tensors = _get(content, TABLE)
     if content.config_records[WHO + ".table"]["kind"] == "whole":
         return WholeTable(tensors)
     ids = _tensors(content.array_records[IDS])["ids"] if IDS in content.array_records else None
@@ -120,11 +148,12 @@ def decode_assignment(content: RecordDict) -> Assignment:
 
 def encode_update(u: WorkerUpdate) -> RecordDict:
     content = RecordDict({
-        WHO: _who(u.participant), BODY: _arrays(u.body),
+        WHO: _who(u.participant),
         RESULT: ConfigRecord({"round": u.round, "tokens": u.tokens, "train_loss": u.train_loss,
                               "last_loss": u.last_loss, "elapsed_s": u.elapsed_s}),
         STATS: ConfigRecord({k: float(v) for k, v in u.stats.items()}),
     })
+    _put(content, BODY, u.body)
     _put_table(content, u.embedding)
     return content
 
@@ -133,7 +162,7 @@ def decode_update(content: RecordDict) -> WorkerUpdate:
     r = content.config_records[RESULT]
     stats = content.config_records[STATS] if STATS in content.config_records else {}
     return WorkerUpdate(_participant(content.config_records[WHO]), int(r["round"]),
-                        _tensors(content.array_records[BODY]), int(r["tokens"]), _get_table(content),
+                        _get(content, BODY), int(r["tokens"]), _get_table(content),
                         float(r["train_loss"]), float(r["last_loss"]), float(r["elapsed_s"]),
                         stats={k: float(v) for k, v in stats.items()})
 

@@ -12,6 +12,14 @@ GLOB's table or TRIM's rows with their holder weights), one all-reduce adds them
 outer step, so all ranks hold the same body after each round. Only scalars (tokens, losses) are gathered as
 objects. Rank 0 writes the run folder (metrics, checkpoints, results); `--resume` works as on one process.
 
+With `train.compression` each rank's workers compress their uploads exactly as a remote site would (the same
+quantised pseudo-gradients, the same error feedback, so the run equals the local engine's bitwise), and the rank
+turns them back into θ_k where they were trained before summing. The all-reduce itself stays one fp32 buffer of
+weighted sums: sums of differently scaled int8 values have no int8 form, and a bf16 all-reduce would round the
+sums again, without error feedback, and differently for each number of ranks. So compression saves no bytes on
+torchrun's collective (`all_reduce_bytes` is unchanged); the rounds' `bytes_up` count the compressed updates the
+workers handed over, which is what a real network hop (Flower) carries.
+
 Backends: gloo on CPU, NCCL on GPUs (one GPU per rank, `LOCAL_RANK`). A process group that is already initialised
 (SLURM, Ray Train) is used as it is. The STD/ACT baselines train on rank 0 (one model, one participant) and reach
 the other ranks through the same all-reduce.

@@ -5,6 +5,10 @@ GLOB the whole table; TRIM its |V_k| rows, plus their int32 ids on upload). STD 
 every one of the round's N sequential steps (one all-reduce: each worker sends its gradient and receives the
 reduced one), so per round and worker it moves N × all parameters each way. The training loop counts the bytes
 of the tensors it really hands over; `tests` check those counts against these formulas.
+
+With `train.compression` a DEPT source uploads the same tensors' pseudo-gradient at 2 bytes a value (bf16) or
+1 (int8), plus int8's fp32 scales: one per tensor (a few dozen: negligible) or one per row (4 bytes a row: for a
+table row of d values, 4/d of the fp32 size). TRIM's row ids stay int32; downloads stay at `dtype_bytes`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,25 @@ def body_parameters_of(cfg: ModelConfig) -> int:
     return body_parameters(cfg.n_layers, cfg.d_model, cfg.mlp_hidden, "swiglu")
 
 
+VALUE_BYTES = {"bf16": 2, "int8-tensor": 1, "int8-row": 1}  # per value of a compressed upload
+
+
+def body_scale_count(n_layers: int, d_model: int, d_mlp: int, mlp: str = "swiglu", norms: bool = True,
+                     per: str = "tensor") -> int:
+    """fp32 scales an int8 upload of the body carries: one per tensor (attention qkv and output, MLP in and out,
+    norm vectors), or one per row (qkv 3·d, output d, MLP in 2·h (SwiGLU's gate and up) or h, out d; a norm vector
+    is one row)."""
+    vectors = 2 * n_layers + 1 if norms else 0
+    if per == "tensor":
+        return 4 * n_layers + vectors
+    mlp_in_rows = 2 * d_mlp if mlp == "swiglu" else d_mlp
+    return n_layers * (4 * d_model + mlp_in_rows + d_model) + vectors
+
+
+def body_scale_count_of(cfg: ModelConfig, per: str) -> int:
+    return body_scale_count(cfg.n_layers, cfg.d_model, cfg.mlp_hidden, "swiglu", per=per)
+
+
 @dataclass(frozen=True)
 class CommsRow:
     variant: str
@@ -44,11 +67,13 @@ class CommsRow:
 
 def comms_row(variant: Variant, body: int, d_model: int, global_vocab: int, local_steps: int,
               trim_rows: int | None = None, own_vocab: int | None = None, positions: int = 0,
-              dtype_bytes: int = 4) -> CommsRow:
+              dtype_bytes: int = 4, compression: str | None = None, body_scales: int = 0) -> CommsRow:
     """Parameters and bytes one sampled source moves per round, from the variant table.
 
     `trim_rows`: |V_k| of a table that holds only the source's rows (TRIM, SPEC; default all of V);
-    `own_vocab`: SPEC-OPT's own vocabulary; `positions`: learned position rows (0 = RoPE).
+    `own_vocab`: SPEC-OPT's own vocabulary; `positions`: learned position rows (0 = RoPE); `compression`: the
+    upload's scheme (bf16, int8-tensor, int8-row; None = sent at `dtype_bytes`) with `body_scales` fp32 scales
+    for the body's int8 values (`body_scale_count`).
     """
     spec = spec_of(variant)
     pos = positions * d_model
@@ -62,8 +87,15 @@ def comms_row(variant: Variant, body: int, d_model: int, global_vocab: int, loca
     id_bytes = 4 * rows if spec.has_global_embedding and spec.rows == Rows.HELD else 0  # int32 row ids, up
     if spec.baseline:  # one all-reduce of every parameter per sequential step
         sent = local_steps * full
-    return CommsRow(spec.variant.value, sent, sent, sent * dtype_bytes, sent * dtype_bytes + id_bytes, held,
-                    local_steps * full)
+    up = sent * dtype_bytes + id_bytes
+    if compression and spec.compresses_upload:
+        scales = 0
+        if compression == "int8-tensor":
+            scales = body_scales + ((2 if positions else 1) if spec.has_global_embedding else 0)
+        elif compression == "int8-row":
+            scales = body_scales + (rows + positions if spec.has_global_embedding else 0)
+        up = sent * VALUE_BYTES[compression] + 4 * scales + id_bytes
+    return CommsRow(spec.variant.value, sent, sent, sent * dtype_bytes, up, held, local_steps * full)
 
 
 # The paper's largest MC4 model: 24 blocks, d_model 2048, mT5's 250,112-token vocabulary, N = 500; the paper
