@@ -80,6 +80,7 @@ def shape_overrides(a) -> dict:
         "train.keep_checkpoints": 1, "eval.every": 0, "eval.max_bytes": a.eval_bytes,
         "eval.unseen_adapt_steps": a.unseen_adapt_steps,
         "data.tokenizer.global.vocab_size": a.global_vocab, "data.tokenizer.per_source.vocab_size": a.own_vocab,
+        "data.tokenizer.global.seed": 0,  # one prepared corpus whatever the run's seed
         "data.dir": str(ROOT / ".dept_cache" / f"quality_{a.corpus}_{a.global_vocab}_{a.own_vocab}"),
     }
 
@@ -191,17 +192,17 @@ def main() -> None:
     p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated subset of " + ",".join(FAMILIES))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--tune-seed", type=int, default=100)
-    p.add_argument("--tune-lrs", default="1e-3,3e-3,1e-2", help="inner learning rates tried per family")
+    p.add_argument("--tune-lrs", default="3e-3,1e-2", help="inner learning rates tried per family")
     p.add_argument("--scale", type=float, default=1.0, help="model width 128·s, 2·s blocks")
-    p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--local-steps", type=int, default=25)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--local-steps", type=int, default=20)
     p.add_argument("--sources-per-round", type=int, default=4)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--global-vocab", type=int, default=8192)
     p.add_argument("--own-vocab", type=int, default=2048)
-    p.add_argument("--eval-bytes", type=int, default=65536)
-    p.add_argument("--unseen-adapt-steps", type=int, default=25)
+    p.add_argument("--eval-bytes", type=int, default=32768)
+    p.add_argument("--unseen-adapt-steps", type=int, default=20)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--no-consolidate", action="store_true")

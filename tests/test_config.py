@@ -68,3 +68,19 @@ def test_fingerprint_ignores_bookkeeping_but_not_training(tmp_path):
 def test_every_shipped_config_loads(path):
     cfg = load_config(path)
     assert cfg.data.sources
+
+
+def test_global_tokenizer_seed_decouples_prepared_data_from_the_run_seed():
+    from dept.data.prepare import fingerprints
+
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+    def global_fp(*overrides):
+        return fingerprints(load_config(demo, list(overrides)))[0]
+
+    assert global_fp("run.seed=1") != global_fp("run.seed=2")  # by default the run's seed samples the text
+    assert global_fp("run.seed=1", "data.tokenizer.global.seed=0") == global_fp("run.seed=2",
+                                                                               "data.tokenizer.global.seed=0")
+    assert global_fp("run.seed=0", "data.tokenizer.global.seed=0") == global_fp("run.seed=0")  # same sample
+    assert load_config(demo).training_fingerprint() != load_config(
+        demo, ["data.tokenizer.global.seed=0"]).training_fingerprint()

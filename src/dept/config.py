@@ -68,6 +68,8 @@ class GlobalTokenizerConfig(Strict):
     sample_chars: int = Field(20_000_000, ge=1000, description="Characters of the balanced mixture to train on")
     path: str | None = Field(None, description="Use this tokenizer.json (byte-level, id 0 = end of document) "
                              "instead of training one: e.g. the one every site of a federation shares")
+    seed: int | None = Field(None, ge=0, description="Seed of the text sample it trains on (default: run.seed); "
+                             "fix it to train several seeds on the same prepared data")
 
 
 class PerSourceTokenizerConfig(Strict):
@@ -275,6 +277,8 @@ class Config(Strict):
         d["train"] = {k: v for k, v in d["train"].items() if k not in ("checkpoint_every", "keep_checkpoints",
                                                                        "device", "threads", "engine",
                                                                        "min_sources", "round_retries")}
+        if d["data"]["tokenizer"]["global"]["seed"] is None:  # as before the option existed
+            d["data"]["tokenizer"]["global"].pop("seed")
         if d["train"]["compression"] != "int8":  # only int8 has scales
             d["train"].pop("compression_scale")
         if d["train"]["compression"] == "none":  # as before the option existed: older runs still resume

@@ -115,6 +115,11 @@ def _write_source_into(cfg: Config, source: SourceConfig, docs: SplitDocuments, 
     return encoded_bytes, encode_s
 
 
+def global_tokenizer_seed(cfg: Config) -> int:
+    seed = cfg.data.tokenizer.global_.seed
+    return cfg.run.seed if seed is None else seed
+
+
 def fingerprints(cfg: Config) -> tuple[str, dict[str, str]]:
     """Hashes of what shapes the prepared data: the global tokenizer's, and each source's (which includes it)."""
     base = Path(cfg.base_dir)
@@ -129,8 +134,8 @@ def fingerprints(cfg: Config) -> tuple[str, dict[str, str]]:
             raise DataError(f"data.tokenizer.global.path: no file {path}")
         global_fp = _hash(["given", hashlib.sha256(path.read_bytes()).hexdigest()])
     else:
-        global_fp = _hash([cfg.data.tokenizer.global_.model_dump(mode="json"),
-                           [signatures[s.name] for s in cfg.trained_sources], cfg.run.seed])
+        global_fp = _hash([cfg.data.tokenizer.global_.model_dump(mode="json", exclude={"seed"}),
+                           [signatures[s.name] for s in cfg.trained_sources], global_tokenizer_seed(cfg)])
     per_source = cfg.data.tokenizer.per_source.model_dump(mode="json")
     return global_fp, {s.name: _hash([signatures[s.name], per_source, global_fp]) for s in cfg.data.sources}
 
@@ -190,7 +195,7 @@ def prepare(cfg: Config, log=print, force: bool = False, show_progress: bool = F
         log(f"training the global {global_cfg.kind.value} tokenizer ({global_cfg.vocab_size} tokens, "
             f"temperature {global_cfg.temperature})")
         mixture = balanced_mixture([docs[s.name].train for s in trained], global_cfg.sample_chars,
-                                   global_cfg.temperature, cfg.run.seed)
+                                   global_cfg.temperature, global_tokenizer_seed(cfg))
         tok = train_tokenizer(mixture, global_cfg.kind, global_cfg.vocab_size)
         write_text_atomic(global_path, tok.to_str())
 
