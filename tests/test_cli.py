@@ -95,7 +95,19 @@ def test_comms_shows_the_papers_714x():
     proc = dept("comms", "--preset", "paper-mc4-1.7b")
     assert proc.returncode == 0, proc.stderr
     spec_rows = [line for line in proc.stdout.splitlines() if line.strip("│ ").startswith("SPEC")]
-    assert spec_rows and all("714×" in row for row in spec_rows)
+    assert spec_rows and all("714×" in row for row in spec_rows[:2])
+    # per round at 1 and 10 Gbit/s: SPEC's 4,792 MB at 1 Gbit/s is 38.3 s; STD's N all-reduces take 7.6 h
+    timing = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+              for line in proc.stdout.split("per round at line rate")[1].splitlines() if line.startswith("│")}
+    assert timing["SPEC"][:2] == ["38.3 s", "3.8 s"] and timing["STD"][:2] == ["7.6 h", "45.6 min"]
+    assert timing["SPEC-OPT"][-2:] == ["411.7 MB", "3.29 GB"]  # its own 50,257 x 2,048 table; K = 8 sites
+
+
+@pytest.mark.parametrize("args", [("--bandwidth", "0"), ("--bandwidth", "fast"), ("--sources", "-1")])
+def test_comms_refuses_bad_link_figures(args):
+    proc = dept("comms", "--preset", "paper-mc4-1.7b", *args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_help_lists_every_command():

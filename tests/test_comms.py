@@ -55,3 +55,43 @@ def test_baselines_move_every_parameter_at_every_step():
     for variant in (Variant.STD, Variant.ACT):
         row = comms_row(variant, body=1000, d_model=4, global_vocab=100, local_steps=10)
         assert row.params_up == row.params_down == 10 * (1000 + 100 * 4) == row.std_params_per_round
+
+
+@pytest.mark.parametrize("variant,keep,compression", [("spec_opt", True, "int8"), ("glob", False, "bf16"),
+                                                      ("spec", True, "none"), ("trim", True, "int8")])
+def test_private_state_formula_equals_what_a_site_stores(tiny, tmp_path, variant, keep, compression):
+    from safetensors import safe_open
+
+    from dept.data.prepared import PreparedData
+    from dept.eval.comms import private_state_bytes
+    from dept.training import Trainer
+
+    cfg = tiny(variant=variant, rounds=1, overrides={"run.dir": str(tmp_path / "r"), "train.inner.keep_state": keep,
+                                                     "train.compression": compression})
+    Trainer(cfg, log=lambda *_: None).train()
+    data = PreparedData(cfg.data_dir)
+    stored = list((cfg.run_dir / "sources").glob("*/r*.safetensors"))
+    assert stored
+    for path in stored:
+        source = data.source(path.parent.name)
+        rows = {"spec_opt": source.vocab_size("own"), "glob": data.global_vocab_size}.get(
+            variant, int(source.trim_vocab().size))
+        with safe_open(str(path), "pt") as f:  # every stored tensor but AdamW's scalar step counts
+            stored_bytes = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys() if not k.endswith(".step"))
+        formula = private_state_bytes(Variant(variant), body_parameters_of(cfg.model), cfg.model.d_model, rows,
+                                      keep_optimizer=keep, compression=None if compression == "none" else compression)
+        assert 4 * stored_bytes == formula > 0
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def test_link_time_at_line_rate():
+    from dept.eval.comms import link_seconds
+
+    assert link_seconds(10**9, 5 * 10**8, 8) == 1.0  # 8 Gbit down at 8 Gbit/s, the upload alongside
+    assert link_seconds(0, 125 * 10**6, 1) == 1.0

@@ -150,17 +150,36 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
           compression: Annotated[str | None, typer.Option(help="Uploads: none, bf16 or int8 (default: the "
                                                                 "config's train.compression, else none)")] = None,
           compression_scale: Annotated[str | None, typer.Option(help="int8: a scale per tensor or row")] = None,
+          bandwidth: Annotated[str, typer.Option(help="Link speeds in Gbit/s for the time per round, comma-"
+                                                      "separated")] = "1,10",
+          sources: Annotated[int, typer.Option(help="K: sites (sources) in the federation")] = 0,
+          sources_per_round: Annotated[int, typer.Option(help="M: sources sampled per round (the server's link "
+                                                              "carries M sites' traffic)")] = 0,
+          keep_optimizer: Annotated[bool, typer.Option(help="Sites keep AdamW moments between rounds "
+                                                            "(train.inner.keep_state)")] = False,
           ) -> None:
-    """Per-round communication of each variant against STD's per-step all-reduce, and embedding memory."""
+    """Per-round communication of each variant against STD's per-step all-reduce, embedding memory, each site's
+    private state on disk, and the time a round's transfers take at given link speeds."""
     from dept.algorithm.compression import scheme_of
     from dept.config import Variant, load_config
-    from dept.eval.comms import PAPER_MC4_1B7, body_parameters, body_scale_count, comms_row
+    from dept.eval.comms import (PAPER_MC4_1B7, body_parameters, body_scale_count, comms_row, format_seconds,
+                                 link_seconds, private_state_bytes)
+
+    try:
+        links = [float(x) for x in bandwidth.split(",") if x.strip()]
+    except ValueError:
+        raise DeptError(f"--bandwidth: '{bandwidth}' is not a comma-separated list of Gbit/s") from None
+    if not links or any(not (0 < x < float("inf")) for x in links):
+        raise DeptError(f"--bandwidth: '{bandwidth}' needs positive, finite Gbit/s values")
+    if sources < 0 or sources_per_round < 0:
+        raise DeptError("--sources and --sources-per-round must be ≥ 0")
 
     note = ""
     if preset == "paper-mc4-1.7b":
         p = PAPER_MC4_1B7
         n_layers, d_model, d_mlp, mlp, vocab = p["n_layers"], p["d_model"], p["d_mlp"], p["mlp"], p["vocab"]
         local_steps, own_vocab = p["local_steps"], p["own_vocab"]
+        sources, sources_per_round = sources or p["sources"], sources_per_round or p["sources_per_round"]
         computed = body_parameters(n_layers, d_model, d_mlp, mlp)
         body_params = body_params or p["reported_body"]
         note = (f"body {body_params / 1e9:.3f}B as the paper reports (12·L·d² + norms = {computed / 1e9:.3f}B "
@@ -176,6 +195,9 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
         n_layers, d_model, d_mlp, mlp = cfg.model.n_layers, cfg.model.d_model, cfg.model.mlp_hidden, "swiglu"
         local_steps = cfg.train.local_steps
         own_vocab = cfg.data.tokenizer.per_source.vocab_size
+        sources = sources or len(cfg.trained_sources)
+        sources_per_round = sources_per_round or min(cfg.train.sources_per_round or sources, sources)
+        keep_optimizer = keep_optimizer or cfg.train.inner.keep_state
         try:  # the prepared data's real sizes: mean |V_k| (TRIM/SPEC rows) and mean own vocabulary
             data = PreparedData(cfg.data_dir)
             vocab = data.global_vocab_size
@@ -199,15 +221,36 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
     for col in ("variant", "params each way", *megabytes, "per-step equivalent", "less than STD",
                 "embedding params held"):
         table.add_column(col, justify="left" if col == "variant" else "right")
+    rows = []
     for v in (Variant.STD, Variant.GLOB, Variant.TRIM, Variant.SPEC, Variant.SPEC_OPT):
-        row = comms_row(v, body, d_model, vocab, local_steps, trim_rows=int(round(trim_fraction * vocab)),
-                        own_vocab=own_vocab, dtype_bytes=dtype_bytes, compression=scheme, body_scales=body_scales)
+        rows.append((v, row := comms_row(v, body, d_model, vocab, local_steps, trim_rows=int(round(trim_fraction * vocab)),
+                        own_vocab=own_vocab, dtype_bytes=dtype_bytes, compression=scheme, body_scales=body_scales)))
         sizes = (f"{row.bytes_down / 1e6:,.1f}", f"{row.bytes_up / 1e6:,.1f}") if scheme else \
             (f"{row.bytes_up / 1e6:,.1f}",)
         table.add_row(v.value.upper().replace("_", "-"), f"{row.params_up / 1e6:,.1f}M", *sizes,
                       f"{row.params_up / local_steps / 1e6:,.2f}M",
                       f"{row.reduction_vs_std:,.0f}×", f"{row.embedding_params_held / 1e6:,.1f}M")
     console.print(table)
+    timing = Table(title=f"per round at line rate (full-duplex links, no latency); private state per site in fp32"
+                         + (f"; server: M = {sources_per_round} of K = {sources} sources a round"
+                            if sources_per_round else ""))
+    for col in ("variant", *(f"site link {g:g} Gbit/s" for g in links),
+                *((f"server link {g:g} Gbit/s" for g in links) if sources_per_round else ()),
+                "private state per site", *(("all K sites",) if sources else ())):
+        timing.add_column(col, justify="left" if col == "variant" else "right")
+    for v, row in rows:
+        held = row.embedding_params_held // d_model
+        state = private_state_bytes(v, body, d_model, held, keep_optimizer=keep_optimizer, compression=scheme)
+        site = [format_seconds(link_seconds(row.bytes_down, row.bytes_up, g)) for g in links]
+        server = [("—" if v == Variant.STD  # STD's all-reduce runs between workers, through no server
+                   else format_seconds(sources_per_round * link_seconds(row.bytes_down, row.bytes_up, g)))
+                  for g in links] if sources_per_round else []
+        disk = "—" if v == Variant.STD else f"{state / 1e6:,.1f} MB"
+        timing.add_row(v.value.upper().replace("_", "-"), *site, *server, disk,
+                       *((("—" if v == Variant.STD else f"{sources * state / 1e9:,.2f} GB"),) if sources else ()))
+    console.print(timing)
+    _log("STD's time is N synchronous all-reduces of every parameter (one each way per step, as counted above), "
+         "spent inside the round's compute; DEPT's happen once, between rounds.")
     if note:
         _log(note)
 

@@ -101,4 +101,37 @@ def comms_row(variant: Variant, body: int, d_model: int, global_vocab: int, loca
 # The paper's largest MC4 model: 24 blocks, d_model 2048, mT5's 250,112-token vocabulary, N = 500; the paper
 # reports a 1.198B body (1.71B in all) and 714× less communication than STD.
 PAPER_MC4_1B7 = {"n_layers": 24, "d_model": 2048, "d_mlp": 8192, "mlp": "gelu", "vocab": 250_112,
-                 "local_steps": 500, "reported_body": 1_198_000_000, "own_vocab": 50_257}
+                 "local_steps": 500, "reported_body": 1_198_000_000, "own_vocab": 50_257,
+                 "sources": 8, "sources_per_round": 4}  # MC4's 8 trained languages; M = 4 assumed (as on The Pile)
+
+
+def private_state_bytes(variant: Variant, body: int, d_model: int, held_rows: int, positions: int = 0,
+                        keep_optimizer: bool = False, compression: str | None = None) -> int:
+    """Bytes of fp32 state one site keeps between its rounds (one version; the store keeps at most two while a
+    round is being written): its own table (SPEC/SPEC-OPT), AdamW's two moments of what it trains when
+    `train.inner.keep_state` is on, and with compressed uploads the error-feedback residual of what it sends.
+    STD/ACT have no per-site state in the data-centre setting the comparison stands for: 0."""
+    spec = spec_of(variant)
+    if spec.baseline:
+        return 0
+    table = held_rows * d_model + positions * d_model
+    own = 0 if spec.has_global_embedding else table
+    moments = 2 * (body + table) if keep_optimizer else 0
+    residual = (body + (table if spec.has_global_embedding else 0)) if compression else 0
+    return 4 * (own + moments + residual)
+
+
+def link_seconds(bytes_down: int, bytes_up: int, gbit_per_s: float) -> float:
+    """Time a full-duplex link of `gbit_per_s` needs to move a round's download and upload (both directions at
+    once at line rate; no latency, protocol overhead or overlap with compute)."""
+    return max(bytes_down, bytes_up) * 8 / (gbit_per_s * 1e9)
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1e3:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
