@@ -165,6 +165,10 @@ class TrainConfig(Strict):
                         "local), local (one process), torchrun (torch.distributed), flower (Flower simulation)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N (torchrun: cuda = the rank's LOCAL_RANK GPU)")
     precision: str = Field("fp32", pattern="^(fp32|bf16)$", description="bf16 = autocast on CUDA/CPU")
+    speed: str = Field("auto", pattern="^(auto|eager|compile-body|chunked-head|compile-body-chunked|compile)$",
+                       description="How a step runs (same method, float rounding aside): eager, compile-body "
+                       "(torch.compile of the body, fused AdamW), chunked-head, compile-body-chunked, compile; auto "
+                       "= the measured best for the hardware (dept.algorithm.speed), eager for short runs")
     compression: str = Field("none", pattern="^(none|bf16|int8)$",
                              description="Uploads of GLOB/TRIM/SPEC/SPEC-OPT: none (the trained tensors, fp32), or "
                              "the pseudo-gradient θ_start − θ_k (and the table's) in bf16 or int8, with error "
@@ -275,7 +279,7 @@ class Config(Strict):
         d["run"] = {"seed": d["run"]["seed"]}
         d["data"].pop("dir")
         d["train"] = {k: v for k, v in d["train"].items() if k not in ("checkpoint_every", "keep_checkpoints",
-                                                                       "device", "threads", "engine",
+                                                                       "device", "threads", "engine", "speed",
                                                                        "min_sources", "round_retries")}
         if d["data"]["tokenizer"]["global"]["seed"] is None:  # as before the option existed
             d["data"]["tokenizer"]["global"].pop("seed")

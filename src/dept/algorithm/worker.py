@@ -23,6 +23,7 @@ from dept.algorithm.compression import upload_compression
 from dept.algorithm.participants import LocalData
 from dept.algorithm.runtime import seeded_generator
 from dept.algorithm.schedule import learning_rate
+from dept.algorithm.speed import optimizer_kwargs, resolve_mode, speed_up
 from dept.algorithm.source_store import SourceState, SourceStore
 from dept.algorithm.step import build_optimizer, set_learning_rate, train_step
 from dept.algorithm.tables import own_embedding, received_embedding
@@ -54,6 +55,8 @@ class Worker:
     def __init__(self, cfg: Config, spec: VariantSpec, data: LocalData, store: SourceStore, device: torch.device):
         self.cfg, self.spec, self.data, self.store, self.device = cfg, spec, data, store, device
         self.compression = upload_compression(cfg.train, spec.compresses_upload)  # None: sent as trained
+        # "auto" counts the steps this process may run: compiling pays off only over many
+        self.speed = resolve_mode(cfg.train.speed, device, cfg.train.rounds * cfg.train.local_steps)
 
     @property
     def _keeps_optimizer_state(self) -> bool:
@@ -78,7 +81,9 @@ class Worker:
         body.load_state_dict(assignment.download.body)
         lm = LanguageModel(body, embedding)
         lm.train()
-        optimizer = build_optimizer(lm.parameters(), tcfg.inner, self.device)
+        fast = speed_up(lm, self.speed, self.device)  # lm itself, or a faster view of its parameters
+        optimizer = build_optimizer(lm.parameters(), tcfg.inner, self.device,
+                                    **optimizer_kwargs(self.device, self.speed))
         if self._keeps_optimizer_state and state is not None and state.optimizer is not None:
             optimizer.load_state_dict(state.optimizer)
         stream = self.data.train_stream(profile, state.streams if state else {},
@@ -97,7 +102,9 @@ class Worker:
             batch = stream.next_batch().to(self.device, non_blocking=True)
             hook = body.blocks[-1].register_forward_hook(_activation_norm(activation)) \
                 if i == plan.local_steps - 1 else None
-            losses.append(train_step(lm, optimizer, batch, tcfg.inner.grad_clip, tcfg.precision, grad_norms))
+            # compiled code ignores hooks added after it was compiled: the hooked (last) step runs eagerly
+            losses.append(train_step(lm if hook is not None else fast, optimizer, batch, tcfg.inner.grad_clip,
+                                     tcfg.precision, grad_norms))
             if hook is not None:
                 hook.remove()
             tokens += batch.shape[0] * (batch.shape[1] - 1)
