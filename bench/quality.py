@@ -16,7 +16,8 @@ gets the same number of sequential steps (rounds × N) and the same tokens per s
 
 1. Learning rate, once per family, on a separate seed (`--tune-seed`, as the paper tuned per method): each rate
    of `--tune-lrs` trains the family for the full budget; the rate with the lowest mean bits per byte on the
-   trained sources wins (STD is tuned at τ = 0.3 and that rate serves τ = 0 and 1).
+   trained sources wins (STD is tuned at τ = 0.3 and that rate serves τ = 0 and 1). A winner on the grid's edge
+   is not a tuned rate: the grid is extended outward by its own ratio (up to `--tune-extend` rates).
 2. Each family × seed (`--seeds`) trains with its rate into RUNS/FAMILY/seed_S (finished runs are reused: the
    sweep resumes where it stopped).
 3. Each run is consolidated for 15% of its steps (`dept consolidate`: SPEC/SPEC-OPT from a fresh global table at
@@ -193,6 +194,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--tune-seed", type=int, default=100)
     p.add_argument("--tune-lrs", default="3e-3,1e-2", help="inner learning rates tried per family")
+    p.add_argument("--tune-extend", type=int, default=2, help="extra rates tried past a grid edge that wins")
     p.add_argument("--scale", type=float, default=1.0, help="model width 128·s, 2·s blocks")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--local-steps", type=int, default=20)
@@ -237,16 +239,31 @@ def main() -> None:
             tuned[family] = tuned[source]
             continue
         scores = {}
-        for lr in lrs:
-            if len(lrs) == 1:
-                scores[lr] = math.nan
-                break
+
+        def score(lr: float) -> None:
             res = train_once(build_config(a, source, a.tune_seed, lr, root / "tune" / source / f"lr_{lr:g}"), quiet)
             scores[lr] = res["mean_bpb"]
             log(f"tune {source}: lr {lr:g} -> mean bits/byte {res['mean_bpb']:.4f}")
+
+        if len(lrs) > 1:
+            for lr in lrs:
+                score(lr)
+            # a best rate on the grid's edge is not a tuned rate: step outward (by the grid's own ratio) until
+            # the best is interior, at most --tune-extend times
+            ratio = lrs[-1] / lrs[-2]
+            for _ in range(a.tune_extend):
+                best = min(scores, key=lambda lr: scores[lr])
+                if best == max(scores):
+                    score(float(f"{best * ratio:.3g}"))
+                elif best == min(scores):
+                    score(float(f"{best / ratio:.3g}"))
+                else:
+                    break
+        else:
+            scores[lrs[0]] = math.nan
         best = min(scores, key=lambda lr: scores[lr]) if len(lrs) > 1 else lrs[0]
         tuned[source] = tuned[family] = best
-        tuning[source] = {f"{lr:g}": s for lr, s in scores.items()}
+        tuning[source] = {f"{lr:g}": s for lr, s in sorted(scores.items())}
         log(f"tune {source}: lr {best:g}")
 
     runs: dict[str, dict[int, dict]] = {}
