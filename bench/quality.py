@@ -187,7 +187,7 @@ def markdown(summary: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--corpus", choices=sorted(CORPORA), default="bench")
     p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated subset of " + ",".join(FAMILIES))
@@ -210,7 +210,11 @@ def main() -> None:
     p.add_argument("--no-consolidate", action="store_true")
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "quality")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.json")
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = build_parser().parse_args()
 
     from dept.data.prepare import prepare
 
