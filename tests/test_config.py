@@ -39,6 +39,18 @@ def test_overrides_set_nested_typed_values(tmp_path):
     ("run: {seed: 1}\n", [], "data: missing required key"),
     (BASE, ["rounds"], "not of the form key.path=value"),
     ("data: [1, 2\n", [], "not valid YAML"),
+    ("- a\n- b\n", [], "must be a mapping of sections (run:, data:, ...), not a list"),
+    ("42\n", [], "not a number"),
+    ("just text\n", [], "not a string"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", [], "nested too deeply"),
+    ("base_dir: /elsewhere\n" + BASE, [], "base_dir: unknown key"),
+    (BASE, ["run.seed=-1"], "run.seed: Input should be greater than or equal to 0"),
+    (BASE, ["train.device=meta"], "train.device"),
+    (BASE, ["train.device=foo"], "train.device"),
+    (BASE, ["train.inner.lr=inf"], "train.inner.lr: Input should be a finite number"),
+    (BASE, ["model.init_std=.inf"], "model.init_std: Input should be a finite number"),
+    (BASE, ["model.rope_theta=inf"], "model.rope_theta: Input should be a finite number"),
+    (BASE, ["model.norm_eps=nan"], "model.norm_eps: Input should be a finite number"),
 ])
 def test_bad_configs_fail_with_one_line_naming_the_place(tmp_path, text, overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -84,3 +96,16 @@ def test_global_tokenizer_seed_decouples_prepared_data_from_the_run_seed():
     assert global_fp("run.seed=0", "data.tokenizer.global.seed=0") == global_fp("run.seed=0")  # same sample
     assert load_config(demo).training_fingerprint() != load_config(
         demo, ["data.tokenizer.global.seed=0"]).training_fingerprint()
+
+
+@pytest.mark.parametrize("name", ["cuda", "cuda:99"])
+def test_a_device_this_machine_lacks_is_one_line(name):
+    import torch
+
+    from dept.algorithm.runtime import resolve_device
+
+    if torch.cuda.is_available() and name == "cuda":
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(ConfigError) as err:
+        resolve_device(name)
+    assert f"train.device={name}" in str(err.value) and "\n" not in str(err.value)

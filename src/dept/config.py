@@ -20,7 +20,8 @@ from dept.errors import ConfigError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+    # inf/nan can only train to NaN (a learning rate, an init std, RoPE's theta, an eps): refused at load
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False, allow_inf_nan=False)
 
 
 class Variant(StrEnum):
@@ -163,7 +164,7 @@ class TrainConfig(Strict):
     engine: str = Field("auto", pattern="^(auto|local|torchrun|flower)$",
                         description="auto (torchrun when launched by torchrun or a process group exists, else "
                         "local), local (one process), torchrun (torch.distributed), flower (Flower simulation)")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N (torchrun: cuda = the rank's LOCAL_RANK GPU)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$", description="auto, cpu, cuda, cuda:N (torchrun: cuda = the rank's LOCAL_RANK GPU)")
     precision: str = Field("fp32", pattern="^(fp32|bf16)$", description="bf16 = autocast on CUDA/CPU")
     speed: str = Field("auto", pattern="^(auto|eager|compile-body|chunked-head|compile-body-chunked|compile)$",
                        description="How a step runs (same method, float rounding aside): eager, compile-body "
@@ -217,7 +218,8 @@ class FlowerConfig(Strict):
 
 class RunConfig(Strict):
     dir: str = Field("runs/run", description="Run folder (relative to the config file)")
-    seed: int = Field(0, description="Seed of every random choice (init, data order, source sampling)")
+    seed: int = Field(0, ge=0, lt=2**63, description="Seed of every random choice (init, data order, source "
+                      "sampling)")
 
 
 class Config(Strict):
@@ -341,10 +343,15 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
 def config_from_dict(tree: dict[str, Any], where: str, base_dir: str | Path = ".") -> Config:
     if not isinstance(tree, dict):
         raise ConfigError(f"{where}: the config must be a mapping of sections")
+    if "base_dir" in tree:  # an internal field: paths are relative to the config file's folder
+        raise ConfigError(f"{where}: base_dir: unknown key (paths in a config are relative to its folder)")
     try:
         return Config.model_validate({**tree, "base_dir": str(base_dir)})
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, where)) from None
+
+
+_KINDS = {list: "a list", int: "a number", float: "a number", str: "a string", bool: "a boolean"}
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -352,11 +359,17 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of sections (run:, data:, ...), "
+                          f"not {_KINDS.get(type(tree), 'a ' + type(tree).__name__)}")
     tree = apply_overrides(tree, overrides or [])
-    tree.pop("base_dir", None)
     return config_from_dict(tree, str(path), base_dir=path.parent.resolve())
 
 

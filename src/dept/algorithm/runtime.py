@@ -14,9 +14,28 @@ def seeded_generator(*parts: int) -> torch.Generator:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device `train.device` names, or a one-line error when this machine has none such."""
+    from dept.errors import ConfigError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device={name}: not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device={name}: no CUDA device here (torch {torch.__version__}"
+                              f"{', built without CUDA' if torch.version.cuda is None else ''}); use cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device={name}: MPS is not available here; use cpu or auto")
+    elif device.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise ConfigError(f"train.device={name}: no XPU device here; use cpu or auto")
+    elif device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ConfigError(f"train.device={name}: dept trains on cpu, cuda, mps or xpu")
+    return device
 
 
 def autocast_context(device: torch.device, precision: str):
