@@ -191,3 +191,19 @@ def test_the_old_token_cap_is_refused_with_its_replacement(prepared_root, tmp_pa
     tree = tiny_tree(prepared_root)
     tree["eval"] = {"max_tokens": 256}
     assert_one_line_error(dept("train", write_config(tmp_path / "c.yaml", tree)), "eval", "max_bytes")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (("comms", "--vocab", "-5"), "--vocab"), (("comms", "--trim-fraction", "5"), "--trim-fraction"),
+    (("comms", "--dtype-bytes", "0"), "--dtype-bytes"), (("comms", "--n-layers", "-2"), "--n-layers"),
+    (("comms", "--mlp", "foo"), "--mlp"), (("comms", "--local-steps", "0"), "--local-steps"),
+    (("comms", "--d-model", "0"), "--d-model"), (("comms", "--local-steps", "abc"), "--local-steps"),
+    (("compare", "configs/demo.yaml", "--variants", ","), "--variants"),
+    (("eval", "runs/nowhere", "--max-bytes", "-1"), "--max-bytes"),
+    (("eval", "runs/nowhere", "--max-tokens", "5"), "--max-tokens"),
+    (("eval",), "RUN_DIR"),
+])
+def test_bad_options_are_one_line_naming_the_option(args, fragment):
+    proc = dept(*args, cwd=Path(__file__).resolve().parents[1])
+    assert_one_line_error(proc, fragment)
+    assert proc.returncode == 2 and fragment in proc.stderr

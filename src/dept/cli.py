@@ -87,7 +87,8 @@ def train(config: Annotated[Path | None, typer.Argument(help="YAML config (omit 
 
 @app.command("eval")
 def evaluate(run_dir: Annotated[Path, typer.Argument(help="Run folder")],
-             max_bytes: Annotated[int | None, typer.Option(help="Validation bytes per source (whole documents)")]
+             max_bytes: Annotated[int | None, typer.Option(help="Validation bytes per source (whole documents)",
+                                                                 min=1)]
              = None) -> None:
     """Evaluate a run's last checkpoint on every source (needs the prepared data only): loss, perplexity, bits/byte."""
     from dept.report import run_table
@@ -111,6 +112,8 @@ def compare(config: ConfigPath, overrides: Overrides = None,
     from dept.training import resume_config, run_training
 
     names = [v.strip() for v in variants.split(",") if v.strip()]
+    if not names:
+        raise DeptError(f"--variants: '{variants}' names no variant (e.g. spec_opt,glob,std)")
     for v in names:
         if v not in {x.value for x in Variant}:
             raise DeptError(f"--variants: unknown variant '{v}' (choose from {', '.join(x.value for x in Variant)})")
@@ -137,16 +140,16 @@ def compare(config: ConfigPath, overrides: Overrides = None,
 @app.command()
 def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the paper's 1.71B MC4 model")] = None,
           config: Annotated[Path | None, typer.Option(help="Take the model and vocabulary from a config")] = None,
-          n_layers: Annotated[int, typer.Option(help="Blocks")] = 12,
-          d_model: Annotated[int, typer.Option(help="Width")] = 768,
-          d_mlp: Annotated[int, typer.Option(help="MLP hidden size (0 = 4·d_model for gelu)")] = 0,
+          n_layers: Annotated[int, typer.Option(help="Blocks", min=1)] = 12,
+          d_model: Annotated[int, typer.Option(help="Width", min=1)] = 768,
+          d_mlp: Annotated[int, typer.Option(help="MLP hidden size (0 = 4·d_model for gelu)", min=0)] = 0,
           mlp: Annotated[str, typer.Option(help="swiglu or gelu")] = "gelu",
-          vocab: Annotated[int, typer.Option(help="Global vocabulary")] = 250_112,
-          own_vocab: Annotated[int, typer.Option(help="SPEC-OPT per-source vocabulary")] = 50_257,
-          trim_fraction: Annotated[float, typer.Option(help="TRIM: share of the global rows a source holds")] = 1.0,
-          local_steps: Annotated[int, typer.Option(help="Local steps N per round")] = 500,
-          body_params: Annotated[int, typer.Option(help="Use this body size instead of computing it")] = 0,
-          dtype_bytes: Annotated[int, typer.Option(help="Bytes per parameter sent")] = 4,
+          vocab: Annotated[int, typer.Option(help="Global vocabulary", min=1)] = 250_112,
+          own_vocab: Annotated[int, typer.Option(help="SPEC-OPT per-source vocabulary", min=1)] = 50_257,
+          trim_fraction: Annotated[float, typer.Option(help="TRIM: share of the global rows a source holds, in (0, 1]")] = 1.0,
+          local_steps: Annotated[int, typer.Option(help="Local steps N per round", min=1)] = 500,
+          body_params: Annotated[int, typer.Option(help="Use this body size instead of computing it", min=0)] = 0,
+          dtype_bytes: Annotated[int, typer.Option(help="Bytes per parameter sent", min=1, max=8)] = 4,
           compression: Annotated[str | None, typer.Option(help="Uploads: none, bf16 or int8 (default: the "
                                                                 "config's train.compression, else none)")] = None,
           compression_scale: Annotated[str | None, typer.Option(help="int8: a scale per tensor or row")] = None,
@@ -165,6 +168,10 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
     from dept.eval.comms import (PAPER_MC4_1B7, body_parameters, body_scale_count, comms_row, format_seconds,
                                  link_seconds, private_state_bytes)
 
+    if not 0 < trim_fraction <= 1:
+        raise DeptError(f"--trim-fraction: {trim_fraction} is not a share in (0, 1]")
+    if mlp not in ("swiglu", "gelu"):
+        raise DeptError(f"--mlp: unknown '{mlp}' (choose swiglu or gelu)")
     try:
         links = [float(x) for x in bandwidth.split(",") if x.strip()]
     except ValueError:
@@ -492,8 +499,21 @@ def settings() -> None:
 
 
 def main() -> None:
+    import click
+
     try:
-        app()
+        code = app(standalone_mode=False)  # usage errors come here, to be told in one line
+        sys.exit(code if isinstance(code, int) else 0)
+    except click.exceptions.NoArgsIsHelpError as err:
+        print(err.ctx.get_help() if err.ctx else err.format_message())
+        sys.exit(2)
+    except click.UsageError as err:
+        where = err.ctx.command_path if err.ctx else "dept"
+        print(f"error: {where}: {err.format_message()} (see {where} --help)", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except DeptError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
