@@ -67,6 +67,24 @@ def test_text_markdown_and_delimiters(tmp_path):
     assert sorted(docs.train + docs.val) == ["# one", "three", "two"]  # edge newlines stripped
 
 
+def test_bom_crlf_and_a_single_file_string_are_read_as_meant(tmp_path):
+    (tmp_path / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + b'{"text": "first"}\r\n{"text": "second"}\r\n')
+    (tmp_path / "b.txt").write_bytes(b"one\r\nline\r\n\r\ntwo\r\n\r\nthree")
+    docs = read_source(SourceConfig(name="j", files="a.jsonl"), tmp_path, 0.5, 1)  # files: one string
+    assert sorted(docs.train + docs.val) == ["first", "second"]
+    docs = read_source(SourceConfig(name="t", files=["b.txt"], delimiter="\n\n"), tmp_path, 0.5, 1)
+    assert sorted(docs.train + docs.val) == ["one\nline", "three", "two"]
+
+
+@pytest.mark.parametrize("delimiter,hint", [(None, "set `delimiter` to split it"),
+                                            ("@@@", "delimiter '@@@' never occurs in them")])
+def test_a_text_source_of_one_document_says_why(tmp_path, delimiter, hint):
+    (tmp_path / "a.txt").write_text("para one\n\npara two\n")
+    with pytest.raises(DataError) as err:
+        read_source(SourceConfig(name="s", files=["a.txt"], delimiter=delimiter), tmp_path, 0.1, 1)
+    assert "only 1 document(s)" in str(err.value) and hint in str(err.value)
+
+
 def test_parquet_source(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dept.atomic_io import write_text_atomic
 from dept.errors import ConfigError
@@ -54,6 +54,11 @@ class SourceConfig(Strict):
     unseen: bool = Field(False, description="Evaluate only: never trained on")
     vocab_size: int | None = Field(None, ge=300,
                                    description="SPEC-OPT vocabulary of this source (default: tokenizer.per_source)")
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _one_file_is_a_list_of_one(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _has_input(self) -> SourceConfig:

@@ -56,6 +56,8 @@ def _read_text_file(path: Path, delimiter: str | None) -> Iterator[str]:
     text = _decode(path.read_bytes(), str(path))
     if text.startswith("\ufeff"):
         text = text[1:]
+    if "\r" in text:  # Windows (CRLF) or old Mac (CR) line ends read as \n, so "\n\n" delimiters split them
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     if delimiter is None:
         yield text
     else:
@@ -68,6 +70,8 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
             if not raw.strip():
                 continue
             where = f"{path}:{lineno}"
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+                raw = raw[3:]
             try:
                 obj = json.loads(_decode(raw, where))
             except json.JSONDecodeError as err:
@@ -149,7 +153,11 @@ def read_source(source: SourceConfig, base_dir: Path, val_fraction: float, min_d
         # A tiny source may hash every document into train: hold out its last document instead.
         docs.val.append(docs.train.pop())
     if not docs.train and not source.unseen:
-        raise DataError(f"source '{source.name}': only {len(docs.val)} document(s), none left for training")
+        hint = ""
+        if len(docs.val) == 1 and any(Path(f).suffix.lower() in TEXT_SUFFIXES for f in source.files):
+            hint = (f" (its text files gave one document: delimiter {source.delimiter!r} never occurs in them)"
+                    if source.delimiter else " (a .txt/.md file is one document: set `delimiter` to split it)")
+        raise DataError(f"source '{source.name}': only {len(docs.val)} document(s), none left for training{hint}")
     return docs
 
 
