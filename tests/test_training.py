@@ -266,3 +266,17 @@ def test_stability_figures_match_the_checkpoints(tiny):
         for key in rounds[r]["sources"]:
             assert 0 < s["grad_norm"][key] <= s["grad_norm_max"][key]
             assert s["activation_norm"][key] > 0 and s["local_update_norm"][key] > 0
+
+
+def test_metrics_and_results_are_standard_json_even_with_non_finite_values(tmp_path):
+    from dept.atomic_io import write_json_atomic
+    from dept.run_folder import RunFolder
+
+    run = RunFolder(tmp_path)
+    run.append_metrics({"event": "round", "stability": {"activation_norm": {"a": float("nan")}}, "x": float("inf")})
+    write_json_atomic(tmp_path / "r.json", {"bpb": float("-inf"), "ok": [1.5, float("nan")]})
+    line = (tmp_path / "metrics.jsonl").read_text()
+    assert "NaN" not in line and "Infinity" not in line
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c}")) == {
+        "event": "round", "stability": {"activation_norm": {"a": None}}, "x": None}
+    assert json.loads((tmp_path / "r.json").read_text()) == {"bpb": None, "ok": [1.5, None]}

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from dept.algorithm.types import SharedState
-from dept.atomic_io import write_json_atomic, write_text_atomic
+from dept.atomic_io import json_text, write_json_atomic, write_text_atomic
 from dept.checkpoint import (
     TrainerState,
     checkpoint_round,
@@ -65,7 +65,7 @@ class RunFolder:
 
     def append_metrics(self, record: dict) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_text(record) + "\n")
 
     def metrics(self, event: str | None = None) -> list[dict]:
         if not self.metrics_path.exists():
