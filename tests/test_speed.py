@@ -107,3 +107,19 @@ def test_the_worker_trains_the_same_body_in_a_compiled_mode(tiny, tmp_path):
     for a, b in zip(health["eager"], health["compile-body-chunked"], strict=True):  # the hooked step still reports
         assert a["activation_norm"] == pytest.approx(b["activation_norm"], rel=1e-3)
         assert all(v > 0 for v in a["activation_norm"].values())
+
+
+def test_a_compiler_that_fails_falls_back_to_eager_with_a_warning(monkeypatch):
+    def broken_compile(module, **_):
+        def run(*args, **kwargs):
+            raise RuntimeError("InductorError: fatal error: Python.h: No such file or directory")
+        return run
+
+    monkeypatch.setattr(speed.torch, "compile", broken_compile)
+    monkeypatch.setattr(speed, "_COMPILE_FAILED", [])
+    lm = make(61)
+    windows = torch.randint(0, 61, (3, 17), generator=torch.Generator().manual_seed(1))
+    with pytest.warns(RuntimeWarning, match="Python.h"):
+        loss = speed_up(lm, "compile-body", "cpu").loss(windows)
+    assert torch.allclose(loss, lm.loss(windows), atol=1e-6)
+    assert speed_up(lm, "compile-body", "cpu") is lm  # later models do not try again

@@ -197,7 +197,15 @@ class FastLM(nn.Module):
         if self._body is lm.body and not self.chunked_head:
             return lm.loss(windows)
         inputs, targets = windows[:, :-1], windows[:, 1:]
-        h = self._body(lm.embedding.embed(inputs))
+        x = lm.embedding.embed(inputs)
+        try:
+            h = self._body(x)
+        except Exception as err:  # noqa: BLE001 - inductor failing to build (no Python headers, an old compiler)
+            if self._body is lm.body:
+                raise
+            _compile_failed(err)
+            object.__setattr__(self, "_body", lm.body)
+            h = lm.body(x)
         if self.chunked_head and torch.is_grad_enabled() and not torch.is_autocast_enabled(h.device.type):
             return linear_cross_entropy(h, lm.embedding.tokens.weight, targets)
         return token_cross_entropy(lm.embedding.logits(h), targets).mean()
@@ -214,7 +222,13 @@ class CompiledLoss(nn.Module):
         self.lm = lm
 
     def loss(self, windows: torch.Tensor) -> torch.Tensor:
-        return _compiled_mean_loss()(self.lm, windows)
+        if _COMPILE_FAILED:
+            return self.lm.loss(windows)
+        try:
+            return _compiled_mean_loss()(self.lm, windows)
+        except Exception as err:  # noqa: BLE001 - see FastLM.loss
+            _compile_failed(err)
+            return self.lm.loss(windows)
 
     def forward(self, *args, **kwargs):
         return self.lm(*args, **kwargs)
@@ -231,6 +245,19 @@ def _compiled_mean_loss():
     return torch.compile(_mean_loss)
 
 
+_COMPILE_FAILED: list[str] = []  # once torch.compile failed in this process, every later speed_up is eager
+
+
+def _compile_failed(err: Exception) -> None:
+    import warnings
+
+    if not _COMPILE_FAILED:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        warnings.warn(f"torch.compile failed on this machine ({type(err).__name__}: {first}); training continues "
+                      "eagerly. Set train.speed=eager to skip the attempt.", RuntimeWarning, stacklevel=3)
+    _COMPILE_FAILED.append(type(err).__name__)
+
+
 def speed_up(lm: LanguageModel, mode: str = "auto", device: torch.device | str | None = None,
              steps: int | None = None) -> nn.Module:
     """An object whose `loss(windows)` equals `lm.loss(windows)` (to ~1e-5 in fp32) and trains lm's parameters.
@@ -241,6 +268,8 @@ def speed_up(lm: LanguageModel, mode: str = "auto", device: torch.device | str |
     if device is None:
         device = next(lm.parameters()).device
     kind = resolve_mode(mode, device, steps)
+    if _COMPILE_FAILED and kind.startswith("compile"):
+        kind = "chunked-head" if kind == "compile-body-chunked" else "eager"
     if kind == "eager":
         return lm
     if kind == "chunked-head":
