@@ -2,6 +2,8 @@
 
     python3 bench/compression.py                              # demo corpus, 6 rounds of 10 local steps
     python3 bench/compression.py --rounds 8 --local-steps 25 --jobs 1
+    python3 bench/compression.py --quality-shape --out bench/results/compression_quality.json
+                                                              # the quality sweep's size, corpus and tuned rates
 
 Each variant trains the same config (same seed) with train.compression none, bf16, int8 (scale per tensor) and
 int8 (scale per row), each in a fresh subprocess (one torch thread; `--jobs` of them at a time). From each run
@@ -13,7 +15,6 @@ A short run's bits per byte also move when nothing is lost: any small change of 
 reference, for the variants in `--noise-variants` an uncompressed run is perturbed as little as bf16 rounds, at
 random and with no error feedback: every uploaded value θ_k gets θ_k + ε·(θ_start − θ_k), ε uniform in ±2^-8
 (bf16's largest relative rounding error). Its change of bits per byte is the spread to read the others against.
-(Another seed is no such reference here: run.seed also seeds the global tokenizer, so it needs its own data.)
 """
 
 from __future__ import annotations
@@ -74,9 +75,27 @@ def perturbed_run(config: str, overrides: list[str]) -> None:
     Trainer(load_config(config, overrides), log=lambda *_: None).train()
 
 
+def quality_shape(a, variant: str) -> list[str]:
+    """The quality sweep's model, batch, budget and prepared corpus (bench/quality.py's defaults), at the rate the
+    sweep tuned for the variant (bench/results/quality.json) when it has one."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import quality
+
+    corpus = "bench" if (Path.home() / ".cache" / "dept" / "bench" / "en_bible.jsonl").is_file() else "demo"
+    shape = quality.shape_overrides(quality.build_parser().parse_args(["--corpus", corpus]))
+    tuned = ROOT / "bench" / "results" / "quality.json"
+    if tuned.is_file():
+        lr = json.loads(tuned.read_text()).get("tuned_lr", {}).get(variant)
+        if lr:
+            shape["train.inner.lr"] = lr
+    a.config = str(quality.CORPORA[corpus])
+    return [f"{k}={v}" for k, v in shape.items() if k not in ("train.device", "train.precision")]
+
+
 def train(a, variant: str, setting: str, run_dir: Path) -> dict:
-    overrides = [f"run.dir={run_dir}", f"train.variant={variant}", f"train.rounds={a.rounds}",
-                 f"train.local_steps={a.local_steps}", "train.engine=local", "train.threads=1",
+    shape = quality_shape(a, variant) if a.quality_shape else [f"train.rounds={a.rounds}",
+                                                               f"train.local_steps={a.local_steps}"]
+    overrides = [*shape, f"run.dir={run_dir}", f"train.variant={variant}", "train.engine=local", "train.threads=1",
                  f"eval.max_bytes={a.eval_bytes}", "eval.unseen_adapt_steps=0", *SETTINGS[setting]]
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "dept", "train"] if setting != "perturbed" else \
@@ -107,13 +126,19 @@ def main() -> None:
     p.add_argument("--local-steps", type=int, default=10)
     p.add_argument("--eval-bytes", type=int, default=32768, help="Validation text per source")
     p.add_argument("--jobs", type=int, default=2, help="Runs at a time (one thread each)")
+    p.add_argument("--quality-shape", action="store_true",
+                   help="the quality sweep's model, budget, corpus and tuned rates instead of --config/--rounds")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "compression.json"))
     a = p.parse_args()
 
     from dept.config import load_config
     from dept.data.prepare import prepare
 
-    prepare(load_config(a.config), log=lambda *_: None)  # already prepared: only checked
+    if a.quality_shape:
+        quality_shape(a, "glob")  # sets a.config to the sweep's corpus
+        prepare(load_config(a.config, quality_shape(a, "glob")), log=lambda *_: None)
+    else:
+        prepare(load_config(a.config), log=lambda *_: None)  # already prepared: only checked
     variants = a.variants.split(",")
     noisy = [v for v in a.noise_variants.split(",") if v in variants]
     jobs = [(v, s) for v in variants for s in SETTINGS if s != "perturbed" or v in noisy]
