@@ -78,7 +78,7 @@ def shape_overrides(a) -> dict:
         "train.rounds": a.rounds, "train.local_steps": a.local_steps, "train.sources_per_round": a.sources_per_round,
         "train.std_batch_size": 0, "train.inner.warmup_steps": max(1, a.rounds * a.local_steps // 20),
         "train.outer.kind": "fedavg", "train.device": a.device, "train.precision": a.precision,
-        "train.keep_checkpoints": 1, "eval.every": 0, "eval.max_bytes": a.eval_bytes,
+        "train.keep_checkpoints": 1, "eval.max_bytes": a.eval_bytes,
         "eval.unseen_adapt_steps": a.unseen_adapt_steps,
         "data.tokenizer.global.vocab_size": a.global_vocab, "data.tokenizer.per_source.vocab_size": a.own_vocab,
         "data.tokenizer.global.seed": 0,  # one prepared corpus whatever the run's seed
@@ -86,11 +86,11 @@ def shape_overrides(a) -> dict:
     }
 
 
-def build_config(a, family: str, seed: int, lr: float, run_dir: Path):
+def build_config(a, family: str, seed: int, lr: float, run_dir: Path, eval_every: int = 0):
     from dept.config import load_config
 
     settings = {**shape_overrides(a), **FAMILIES[family], "run.seed": seed, "train.inner.lr": lr,
-                "run.dir": str(run_dir)}
+                "run.dir": str(run_dir), "eval.every": eval_every}
     return load_config(CORPORA[a.corpus], [f"{k}={v}" for k, v in settings.items()])
 
 
@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--no-consolidate", action="store_true")
+    p.add_argument("--curve-every", type=int, default=2,
+                   help="the first seed's runs evaluate every this many rounds (bits-per-byte curves; 0 = only at "
+                   "the end)")
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "quality")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.json")
     return p
@@ -244,7 +247,7 @@ def main() -> None:
             continue
         scores = {}
 
-        def score(lr: float) -> None:
+        def score(lr: float, source: str = source, scores: dict = scores) -> None:
             res = train_once(build_config(a, source, a.tune_seed, lr, root / "tune" / source / f"lr_{lr:g}"), quiet)
             scores[lr] = res["mean_bpb"]
             log(f"tune {source}: lr {lr:g} -> mean bits/byte {res['mean_bpb']:.4f}")
@@ -276,8 +279,9 @@ def main() -> None:
         for seed in seeds:
             run_dir = root / family / f"seed_{seed}"
             t1 = time.perf_counter()
+            curve = a.curve_every if seed == seeds[0] else 0  # one seed per family evaluates along the way
             runs.setdefault(family, {})[seed] = res = train_once(build_config(a, family, seed, tuned[family],
-                                                                              run_dir), quiet)
+                                                                              run_dir, curve), quiet)
             line = f"{family} seed {seed}: mean bits/byte {res['mean_bpb']:.4f}"
             if not a.no_consolidate:
                 consolidated.setdefault(family, {})[seed] = c = consolidate_once(run_dir, quiet)

@@ -97,7 +97,7 @@ def main() -> None:
             rounds: list[dict] = []
             original = trainer.coordinator.plan
 
-            def plan(*args, _orig=original, **kwargs):  # a round starts when it is planned
+            def plan(*args, _orig=original, rounds=rounds, **kwargs):  # a round starts when it is planned
                 rounds.append({"t0": time.perf_counter(), "before": dict(timers.seconds)})
                 return _orig(*args, **kwargs)
 

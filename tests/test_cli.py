@@ -207,3 +207,26 @@ def test_bad_options_are_one_line_naming_the_option(args, fragment):
     proc = dept(*args, cwd=Path(__file__).resolve().parents[1])
     assert_one_line_error(proc, fragment)
     assert proc.returncode == 2 and fragment in proc.stderr
+
+
+def test_a_folder_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    from dept.folder_lock import LOCK_NAME, FolderLock
+
+    write_corpus(tmp_path / "corpus")
+    cfg = write_config(tmp_path / "c.yaml", tiny_tree(tmp_path))
+    data, run = tmp_path / "prepared", tmp_path / "run"
+    data.mkdir()
+    with FolderLock(data, "a test"):  # this process, alive: a second writer is refused
+        proc = dept("prepare", cfg)
+        assert_one_line_error(proc, str(data), "in use by a test", f"pid {os.getpid()}")
+        assert not (data / "manifest.json").exists()
+    assert not (data / LOCK_NAME).exists()  # released
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = {"pid": int(gone.stdout), "host": __import__("socket").gethostname(), "started": 0, "what": "dept train"}
+    (data / LOCK_NAME).write_text(json.dumps(dead))  # left by a process that was killed
+    proc = dept("prepare", cfg)
+    assert proc.returncode == 0, proc.stderr
+    assert "taking over the lock" in proc.stdout + proc.stderr and not (data / LOCK_NAME).exists()
+    assert dept("train", cfg, "train.rounds=1").returncode == 0
+    with FolderLock(run, "a test"):
+        assert_one_line_error(dept("train", "--resume", run), str(run), "in use by a test")

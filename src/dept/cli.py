@@ -146,7 +146,8 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
           mlp: Annotated[str, typer.Option(help="swiglu or gelu")] = "gelu",
           vocab: Annotated[int, typer.Option(help="Global vocabulary", min=1)] = 250_112,
           own_vocab: Annotated[int, typer.Option(help="SPEC-OPT per-source vocabulary", min=1)] = 50_257,
-          trim_fraction: Annotated[float, typer.Option(help="TRIM: share of the global rows a source holds, in (0, 1]")] = 1.0,
+          trim_fraction: Annotated[float, typer.Option(help="TRIM: share of the global rows a source holds, "
+                                                             "in (0, 1]")] = 1.0,
           local_steps: Annotated[int, typer.Option(help="Local steps N per round", min=1)] = 500,
           body_params: Annotated[int, typer.Option(help="Use this body size instead of computing it", min=0)] = 0,
           dtype_bytes: Annotated[int, typer.Option(help="Bytes per parameter sent", min=1, max=8)] = 4,
@@ -165,8 +166,15 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
     private state on disk, and the time a round's transfers take at given link speeds."""
     from dept.algorithm.compression import scheme_of
     from dept.config import Variant, load_config
-    from dept.eval.comms import (PAPER_MC4_1B7, body_parameters, body_scale_count, comms_row, format_seconds,
-                                 link_seconds, private_state_bytes)
+    from dept.eval.comms import (
+        PAPER_MC4_1B7,
+        body_parameters,
+        body_scale_count,
+        comms_row,
+        format_seconds,
+        link_seconds,
+        private_state_bytes,
+    )
 
     if not 0 < trim_fraction <= 1:
         raise DeptError(f"--trim-fraction: {trim_fraction} is not a share in (0, 1]")
@@ -223,22 +231,24 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
         raise DeptError(f"--compression-scale: unknown '{compression_scale}' (choose tensor or row)")
     body_scales = body_scale_count(n_layers, d_model, d_mlp, mlp, per=(compression_scale or "tensor"))
     table = Table(title=f"per sampled source per round (N={local_steps}): body {body / 1e6:.1f}M, "
-                        f"vocabulary {vocab}, d_model {d_model}" + (f", uploads {scheme}" if scheme else ""))
+                        f"vocabulary {vocab}, d_model {d_model}"
+                        + (f", uploads {scheme}" if scheme else ""))
     megabytes = ("MB down", "MB up") if scheme else ("MB each way",)
     for col in ("variant", "params each way", *megabytes, "per-step equivalent", "less than STD",
                 "embedding params held"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     rows = []
     for v in (Variant.STD, Variant.GLOB, Variant.TRIM, Variant.SPEC, Variant.SPEC_OPT):
-        rows.append((v, row := comms_row(v, body, d_model, vocab, local_steps, trim_rows=int(round(trim_fraction * vocab)),
-                        own_vocab=own_vocab, dtype_bytes=dtype_bytes, compression=scheme, body_scales=body_scales)))
+        row = comms_row(v, body, d_model, vocab, local_steps, trim_rows=int(round(trim_fraction * vocab)),
+                        own_vocab=own_vocab, dtype_bytes=dtype_bytes, compression=scheme, body_scales=body_scales)
+        rows.append((v, row))
         sizes = (f"{row.bytes_down / 1e6:,.1f}", f"{row.bytes_up / 1e6:,.1f}") if scheme else \
             (f"{row.bytes_up / 1e6:,.1f}",)
         table.add_row(v.value.upper().replace("_", "-"), f"{row.params_up / 1e6:,.1f}M", *sizes,
                       f"{row.params_up / local_steps / 1e6:,.2f}M",
                       f"{row.reduction_vs_std:,.0f}×", f"{row.embedding_params_held / 1e6:,.1f}M")
     console.print(table)
-    timing = Table(title=f"per round at line rate (full-duplex links, no latency); private state per site in fp32"
+    timing = Table(title="per round at line rate (full-duplex links, no latency); private state per site in fp32"
                          + (f"; server: M = {sources_per_round} of K = {sources} sources a round"
                             if sources_per_round else ""))
     for col in ("variant", *(f"site link {g:g} Gbit/s" for g in links),

@@ -169,7 +169,8 @@ class TrainConfig(Strict):
     engine: str = Field("auto", pattern="^(auto|local|torchrun|flower)$",
                         description="auto (torchrun when launched by torchrun or a process group exists, else "
                         "local), local (one process), torchrun (torch.distributed), flower (Flower simulation)")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$", description="auto, cpu, cuda, cuda:N (torchrun: cuda = the rank's LOCAL_RANK GPU)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$",
+                        description="auto, cpu, cuda, cuda:N (torchrun: cuda = the rank's LOCAL_RANK GPU)")
     precision: str = Field("fp32", pattern="^(fp32|bf16)$", description="bf16 = autocast on CUDA/CPU")
     speed: str = Field("auto", pattern="^(auto|eager|compile-body|chunked-head|compile-body-chunked|compile)$",
                        description="How a step runs (same method, float rounding aside): eager, compile-body "

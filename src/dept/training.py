@@ -30,6 +30,7 @@ from dept.engines.select import build_engine, engine_kind
 from dept.errors import CheckpointError, DataError, EngineError
 from dept.eval.comms import body_parameters_of, comms_row
 from dept.eval.validation import summarize
+from dept.folder_lock import FolderLock
 from dept.model import Body, SourceEmbedding
 from dept.run_folder import RunFolder
 
@@ -88,6 +89,7 @@ class Trainer:
     def _start_writer(self, resume: bool) -> tuple[SharedState, int]:
         fingerprint = self.cfg.training_fingerprint()
         if resume:
+            self._lock.acquire()  # before anything is read or truncated
             if self.run.latest_checkpoint() is None:
                 return self._restart_without_checkpoint(fingerprint)
             shared, state = self.run.load_latest(fingerprint)
@@ -97,6 +99,7 @@ class Trainer:
             self.log(f"resuming {self.run.path} at round {state.next_round}")
             return shared, state.next_round
         self.run.create(self.cfg, prepared_fingerprints(self.cfg.data_dir))
+        self._lock.acquire()
         return initial_shared_state(self.cfg, self.spec, self.global_vocab), 0
 
     def _restart_without_checkpoint(self, fingerprint: str) -> tuple[SharedState, int]:
@@ -110,6 +113,14 @@ class Trainer:
     # ---- the loop ---------------------------------------------------------------------------------------------
 
     def train(self, resume: bool = False) -> list[SourceEval]:
+        self._lock = FolderLock(self.run.path, "dept train", self.log) if self.writes else None
+        try:
+            return self._train(resume)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _train(self, resume: bool) -> list[SourceEval]:
         shared, start = self._start(resume)
         t = self.cfg.train
         results: list[SourceEval] = []

@@ -23,8 +23,8 @@ from dept.algorithm.compression import upload_compression
 from dept.algorithm.participants import LocalData
 from dept.algorithm.runtime import seeded_generator
 from dept.algorithm.schedule import learning_rate
-from dept.algorithm.speed import optimizer_kwargs, resolve_mode, speed_up
 from dept.algorithm.source_store import SourceState, SourceStore
+from dept.algorithm.speed import optimizer_kwargs, resolve_mode, speed_up
 from dept.algorithm.step import build_optimizer, set_learning_rate, train_step
 from dept.algorithm.tables import own_embedding, received_embedding
 from dept.algorithm.types import Assignment, Mixture, SourceProfile, WorkerUpdate

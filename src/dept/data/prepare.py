@@ -33,6 +33,7 @@ from dept.data.tokenizer import (
     train_tokenizer,
 )
 from dept.errors import DataError
+from dept.folder_lock import FolderLock
 
 
 @dataclass
@@ -187,33 +188,36 @@ def prepare(cfg: Config, log=print, force: bool = False, show_progress: bool = F
     log(f"reading {len(to_read)} source(s) with {min(workers, max(1, len(to_read)))} process(es)")
     docs = _read_sources(cfg, to_read, workers)  # every input error surfaces here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out, "dept prepare", log).acquire()  # one writer of the data folder at a time
+    try:
+        if redo_global and given is not None:
+            log(f"using the global tokenizer {global_cfg.path} ({given.get_vocab_size()} tokens)")
+            write_text_atomic(global_path, given.to_str())
+        elif redo_global:
+            log(f"training the global {global_cfg.kind.value} tokenizer ({global_cfg.vocab_size} tokens, "
+                f"temperature {global_cfg.temperature})")
+            mixture = balanced_mixture([docs[s.name].train for s in trained], global_cfg.sample_chars,
+                                       global_cfg.temperature, global_tokenizer_seed(cfg))
+            tok = train_tokenizer(mixture, global_cfg.kind, global_cfg.vocab_size)
+            write_text_atomic(global_path, tok.to_str())
 
-    if redo_global and given is not None:
-        log(f"using the global tokenizer {global_cfg.path} ({given.get_vocab_size()} tokens)")
-        write_text_atomic(global_path, given.to_str())
-    elif redo_global:
-        log(f"training the global {global_cfg.kind.value} tokenizer ({global_cfg.vocab_size} tokens, "
-            f"temperature {global_cfg.temperature})")
-        mixture = balanced_mixture([docs[s.name].train for s in trained], global_cfg.sample_chars,
-                                   global_cfg.temperature, global_tokenizer_seed(cfg))
-        tok = train_tokenizer(mixture, global_cfg.kind, global_cfg.vocab_size)
-        write_text_atomic(global_path, tok.to_str())
-
-    encoded_bytes, encode_s = 0, 0.0
-    total = 2 * sum(len(d.encode("utf-8")) for s in todo for d in docs[s.name].train + docs[s.name].val)
-    with Progress(TextColumn("encoding"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                  transient=True, disable=not show_progress) as progress:
-        task = progress.add_task("encode", total=total)
-        for s in todo:
-            b, t = _write_source(cfg, s, docs[s.name], source_fps[s.name], global_path, out / "sources" / s.name,
-                                 log, lambda _docs, nbytes: progress.advance(task, nbytes))
-            encoded_bytes += b
-            encode_s += t
-    skipped = [s.name for s in cfg.data.sources if s not in todo]
-    for name in skipped:
-        log(f"  {name}: unchanged, skipped")
-    manifest = {"sources": [s.name for s in cfg.data.sources], "global_fingerprint": global_fp,
-                "global_vocab_size": load_tokenizer(global_path).get_vocab_size(),
-                "source_fingerprints": source_fps}
-    write_json_atomic(out / "manifest.json", manifest)
-    return PrepareReport([s.name for s in todo], skipped, encoded_bytes, encode_s, time.perf_counter() - t_start)
+        encoded_bytes, encode_s = 0, 0.0
+        total = 2 * sum(len(d.encode("utf-8")) for s in todo for d in docs[s.name].train + docs[s.name].val)
+        with Progress(TextColumn("encoding"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      TimeRemainingColumn(), transient=True, disable=not show_progress) as progress:
+            task = progress.add_task("encode", total=total)
+            for s in todo:
+                b, t = _write_source(cfg, s, docs[s.name], source_fps[s.name], global_path, out / "sources" / s.name,
+                                     log, lambda _docs, nbytes: progress.advance(task, nbytes))
+                encoded_bytes += b
+                encode_s += t
+        skipped = [s.name for s in cfg.data.sources if s not in todo]
+        for name in skipped:
+            log(f"  {name}: unchanged, skipped")
+        manifest = {"sources": [s.name for s in cfg.data.sources], "global_fingerprint": global_fp,
+                    "global_vocab_size": load_tokenizer(global_path).get_vocab_size(),
+                    "source_fingerprints": source_fps}
+        write_json_atomic(out / "manifest.json", manifest)
+        return PrepareReport([s.name for s in todo], skipped, encoded_bytes, encode_s, time.perf_counter() - t_start)
+    finally:
+        lock.release()
