@@ -230,3 +230,26 @@ def test_a_folder_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path):
     assert dept("train", cfg, "train.rounds=1").returncode == 0
     with FolderLock(run, "a test"):
         assert_one_line_error(dept("train", "--resume", run), str(run), "in use by a test")
+
+
+def test_a_copied_or_moved_run_folder_works_where_it_is_and_never_touches_the_original(tmp_path):
+    import shutil
+
+    write_corpus(tmp_path / "corpus")
+    cfg = write_config(tmp_path / "c.yaml", tiny_tree(tmp_path))
+    assert dept("prepare", cfg).returncode == 0
+    assert dept("train", cfg, "train.rounds=2").returncode == 0
+    original = tmp_path / "run"
+    before = {p: p.read_bytes() for p in original.rglob("*") if p.is_file()}
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(original, copy)
+    for args in (("eval", copy), ("train", "--resume", copy)):
+        proc = dept(*args)
+        assert proc.returncode == 0, proc.stderr
+    assert (copy / "eval.json").is_file() and not (original / "eval.json").exists()
+    assert {p: p.read_bytes() for p in original.rglob("*") if p.is_file()} == before
+    moved = tmp_path / "moved"
+    shutil.move(str(original), moved)
+    proc = dept("eval", moved)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((moved / "eval.json").read_text())["results"]

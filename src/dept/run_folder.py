@@ -56,7 +56,10 @@ class RunFolder:
     def saved_config(self) -> Config:
         if not self.config_path.is_file():
             raise CheckpointError(f"{self.path}: not a run folder (no config.yaml)")
-        return load_saved_config(self.config_path)
+        cfg = load_saved_config(self.config_path)
+        # the folder is where it is now: a copied or moved run reads and writes itself, never where it was made
+        cfg.run.dir = str(self.path.resolve())
+        return cfg
 
     def data_fingerprints(self) -> dict | None:
         return json.loads(self.data_path.read_text()) if self.data_path.is_file() else None
