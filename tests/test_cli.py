@@ -82,8 +82,10 @@ def test_train_resume_and_eval(prepared_root, tmp_path):
     assert_one_line_error(again, "already holds a run")
     other = dept("train", "--resume", tmp_path / "run", "train.inner.lr=0.5")
     assert_one_line_error(other, "another config")
+    metrics_before = (tmp_path / "run" / "metrics.jsonl").read_text()
     done = dept("train", "--resume", tmp_path / "run")  # already finished: re-evaluates, same results
     assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics_before  # no second eval line
     ev = dept("eval", tmp_path / "run")
     assert ev.returncode == 0, ev.stderr
     a = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -88,7 +88,7 @@ class RunFolder:
         if not self.metrics_path.exists():
             return
         kept = [r for r in self.metrics() if isinstance(r.get("round"), int) and r["round"] < next_round]
-        write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        write_text_atomic(self.metrics_path, "".join(json_text(r) + "\n" for r in kept))
 
     def write_results(self, results: dict, name: str = "results.json") -> None:
         write_json_atomic(self.path / name, results)

@@ -140,8 +140,9 @@ class Trainer:
             if self.writes and (last or (r + 1) % t.checkpoint_every == 0):
                 self.run.save_checkpoint(self.cfg, shared, r + 1, self.spec.variant.value,
                                          self.coordinator.last_round)
-        if start >= t.rounds:
-            results = self.evaluate(shared, t.rounds - 1)
+        if start >= t.rounds:  # finished, or stopped between its last checkpoint and results.json
+            logged = self.writes and any(r["round"] == t.rounds - 1 for r in self.run.metrics("eval"))
+            results = self.evaluate(shared, t.rounds - 1, record=not logged)  # one eval line per evaluation
         if self.writes:
             self.run.write_results({"variant": self.spec.variant.value, "results": [asdict(r) for r in results],
                                     **summarize(results), **self._communication_totals()})
