@@ -280,3 +280,23 @@ def test_metrics_and_results_are_standard_json_even_with_non_finite_values(tmp_p
     assert json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c}")) == {
         "event": "round", "stability": {"activation_norm": {"a": None}}, "x": None}
     assert json.loads((tmp_path / "r.json").read_text()) == {"bpb": None, "ok": [1.5, None]}
+
+
+def test_resume_removes_what_killed_writes_left(tiny):
+    from dept.training import Trainer
+
+    cfg = tiny(variant="spec_opt", rounds=1)
+    Trainer(cfg, log=lambda *_: None).train()
+    source = next((cfg.run_dir / "sources").iterdir())
+    leftovers = [source / ".r000002.safetensors.k3j2.tmp", cfg.run_dir / "checkpoints" / ".round_00002.tmp",
+                 cfg.run_dir / ".metrics.jsonl.x1.tmp"]
+    leftovers[1].mkdir()
+    (leftovers[1] / "body.safetensors").write_bytes(b"half")
+    for p in (leftovers[0], leftovers[2]):
+        p.write_bytes(b"half-written")
+    kept = sorted(p for p in cfg.run_dir.rglob("*") if p not in leftovers and leftovers[1] not in p.parents)
+    logged = []
+    Trainer(cfg, log=logged.append).train(resume=True)
+    assert not any(p.exists() for p in leftovers)
+    assert all(p.exists() for p in kept)
+    assert sum("left by a write that was stopped" in line for line in logged) == 3

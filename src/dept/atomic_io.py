@@ -77,3 +77,25 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp_dir, final_dir)
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Delete what killed writes left under `folder`: temporary files and folders (`.NAME.*.tmp`, `.NAME.tmp`,
+    `NAME.tmp`) and `.old` folders of an interrupted `publish_dir`. Call it only while holding the folder's lock
+    (no other writer can be mid-write). Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        name = path.name
+        stale = (name.endswith(".tmp") and (name.startswith(".") or path.is_dir())) or \
+            (path.is_dir() and name.endswith(".old") and path.with_name(name[:-4]).exists())
+        if not stale or not path.exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

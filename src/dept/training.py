@@ -24,6 +24,7 @@ from dept.algorithm.runtime import seeded_generator
 from dept.algorithm.types import RoundPlan, SharedState, SourceEval, WorkerUpdate
 from dept.algorithm.variants import VariantSpec, spec_of
 from dept.algorithm.worker import TRAINING_STATS
+from dept.atomic_io import remove_leftovers
 from dept.config import Config, Variant
 from dept.engines.base import Engine
 from dept.engines.select import build_engine, engine_kind
@@ -90,6 +91,8 @@ class Trainer:
         fingerprint = self.cfg.training_fingerprint()
         if resume:
             self._lock.acquire()  # before anything is read or truncated
+            for path in remove_leftovers(self.run.path):
+                self.log(f"removed {path.relative_to(self.run.path)}, left by a write that was stopped")
             if self.run.latest_checkpoint() is None:
                 return self._restart_without_checkpoint(fingerprint)
             shared, state = self.run.load_latest(fingerprint)
