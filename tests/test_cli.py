@@ -81,7 +81,7 @@ def test_train_resume_and_eval(prepared_root, tmp_path):
     again = dept("train", cfg)
     assert_one_line_error(again, "already holds a run")
     other = dept("train", "--resume", tmp_path / "run", "train.inner.lr=0.5")
-    assert_one_line_error(other, "another config")
+    assert_one_line_error(other, "trained with other values of train.inner.lr")
     metrics_before = (tmp_path / "run" / "metrics.jsonl").read_text()
     done = dept("train", "--resume", tmp_path / "run")  # already finished: re-evaluates, same results
     assert done.returncode == 0, done.stderr

@@ -283,6 +283,16 @@ class Config(Strict):
 
     def training_fingerprint(self) -> str:
         """Hash of everything that shapes the training trajectory (a resumed run must match it)."""
+        return hashlib.sha256(json.dumps(self.training_settings(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def settings_differing_from(self, other: Config) -> list[str]:
+        """The dotted keys of the training settings where `other` differs (what makes fingerprints differ)."""
+        a, b = _flatten(self.training_settings()), _flatten(other.training_settings())
+        return sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
+
+    def training_settings(self) -> dict[str, Any]:
+        """Everything that shapes the training trajectory; the rest (paths, devices, threads, speed, engine,
+        checkpoint cadence, evaluation) may change on resume."""
         d = self.to_resolved_dict()
         d["run"] = {"seed": d["run"]["seed"]}
         d["data"].pop("dir")
@@ -297,7 +307,15 @@ class Config(Strict):
             d["train"].pop("compression")
         d.pop("eval", None)
         d.pop("flower", None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return d
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+    if isinstance(tree, list) and any(isinstance(v, dict) for v in tree):
+        return {k: v for i, value in enumerate(tree) for k, v in _flatten(value, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: tree}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

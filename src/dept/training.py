@@ -93,6 +93,7 @@ class Trainer:
             self._lock.acquire()  # before anything is read or truncated
             for path in remove_leftovers(self.run.path):
                 self.log(f"removed {path.relative_to(self.run.path)}, left by a write that was stopped")
+            check_same_training(self.run.saved_config(), self.cfg, self.run.path)
             if self.run.latest_checkpoint() is None:
                 return self._restart_without_checkpoint(fingerprint)
             shared, state = self.run.load_latest(fingerprint)
@@ -107,8 +108,7 @@ class Trainer:
 
     def _restart_without_checkpoint(self, fingerprint: str) -> tuple[SharedState, int]:
         """A run stopped before its first checkpoint starts again from round 0 (same config only)."""
-        if self.run.saved_config().training_fingerprint() != fingerprint:
-            raise CheckpointError(f"{self.run.path}: the run was started with another config")
+        check_same_training(self.run.saved_config(), self.cfg, self.run.path)
         self.run.truncate_metrics(0)
         self.log(f"{self.run.path}: no checkpoint yet, starting again from round 0")
         return initial_shared_state(self.cfg, self.spec, self.global_vocab), 0
@@ -229,6 +229,21 @@ class Trainer:
     def _embedding_params_held(self, update: WorkerUpdate) -> int:
         rows = self.coordinator.profile(update.participant).table_rows
         return (rows + self._position_rows()) * self.cfg.model.d_model
+
+
+RESUMABLE_CHANGES = ("run.dir", "data.dir", "train.device", "train.threads", "train.speed", "train.engine",
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.min_sources", "train.round_retries",
+                     "eval.*", "flower.*")
+
+
+def check_same_training(saved: Config, cfg: Config, where: Path) -> None:
+    """Refuse to continue a run with settings that change its trajectory, naming them."""
+    if saved.training_fingerprint() == cfg.training_fingerprint():
+        return
+    diff = saved.settings_differing_from(cfg)
+    shown = ", ".join(diff[:5]) + (f" and {len(diff) - 5} more" if len(diff) > 5 else "")
+    raise CheckpointError(f"{where} was trained with other values of {shown or 'its settings'}; a resumed run "
+                          f"may change only {', '.join(RESUMABLE_CHANGES)}")
 
 
 def run_training(cfg: Config, resume: bool = False, log=print) -> bool:
