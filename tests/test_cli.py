@@ -255,3 +255,28 @@ def test_a_copied_or_moved_run_folder_works_where_it_is_and_never_touches_the_or
     proc = dept("eval", moved)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((moved / "eval.json").read_text())["results"]
+
+
+def test_ctrl_c_stops_with_the_resume_command_and_resume_finishes(prepared_root, tmp_path):
+    import signal
+    import time
+
+    tree = tiny_tree(prepared_root)
+    tree["run"]["dir"] = str(tmp_path / "run")
+    tree["train"].update(rounds=40, local_steps=5)
+    cfg = write_config(tmp_path / "c.yaml", tree)
+    proc = subprocess.Popen([sys.executable, "-m", "dept.cli", "train", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 120
+    while not list((tmp_path / "run" / "checkpoints").glob("round_*")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith(f"stopped; `dept train --resume {tmp_path / 'run'}` continues "
+                                                   "from round_")
+    done = dept("train", "--resume", tmp_path / "run")
+    assert done.returncode == 0, done.stderr
+    rounds = [json.loads(x)["round"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(x)["event"] == "round"]
+    assert rounds == list(range(40))

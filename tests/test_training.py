@@ -304,3 +304,16 @@ def test_resume_removes_what_killed_writes_left(tiny):
     assert not any(p.exists() for p in leftovers)
     assert all(p.exists() for p in kept)
     assert sum("left by a write that was stopped" in line for line in logged) == 3
+
+
+def test_long_rounds_report_progress_and_the_run_its_time_to_go(tiny):
+    from dept.training import Trainer
+
+    lines = []
+    trainer = Trainer(tiny(variant="spec_opt", rounds=2), log=lines.append)
+    trainer.engine.worker.progress_every_s = 0  # a line after every step
+    trainer.train()
+    steps = [line for line in lines if ": step " in line]
+    assert len(steps) == 2 * 2 * 3  # rounds x sources per round x local steps
+    assert "step 3/3, loss " in steps[2] and "tokens/s" in steps[2] and "s left of its round" in steps[0]
+    assert any(line.startswith("round 1/2") and "to go)" in line for line in lines)

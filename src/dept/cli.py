@@ -78,7 +78,16 @@ def train(config: Annotated[Path | None, typer.Argument(help="YAML config (omit 
         raise DeptError("train needs a CONFIG file, or --resume RUN_DIR")
     else:
         cfg = load_config(config, overrides)
-    if run_training(cfg, resume=resume is not None, log=_log):
+    try:
+        wrote = run_training(cfg, resume=resume is not None, log=_log)
+    except KeyboardInterrupt:  # writes are atomic: the run is as its last checkpoint left it
+        from dept.checkpoint import latest_checkpoint
+
+        last = latest_checkpoint(cfg.run_dir) if cfg.run_dir.is_dir() else None
+        where = f"from {last.name}" if last is not None else "from the start (no checkpoint yet)"
+        print(f"stopped; `dept train --resume {cfg.run_dir}` continues {where}", file=sys.stderr)
+        sys.exit(130)
+    if wrote:
         from dept.report import load_results
 
         console.print(run_table(load_results(cfg.run_dir)))

@@ -65,6 +65,9 @@ class Trainer:
         self.writes = getattr(self.engine, "writes_run_folder", True)
         self.coordinator = Coordinator(cfg, self.spec, self.engine.profiles(round_participants(cfg, self.spec)))
         self.log = log if self.writes else (lambda *_: None)
+        worker = getattr(self.engine, "worker", None) or getattr(getattr(self.engine, "local", None), "worker", None)
+        if worker is not None and self.writes:
+            worker.progress = self.log  # a line now and then inside long rounds
 
     @property
     def global_vocab(self) -> int:
@@ -127,6 +130,7 @@ class Trainer:
         shared, start = self._start(resume)
         t = self.cfg.train
         results: list[SourceEval] = []
+        t_start = time.perf_counter()
         for r in range(start, t.rounds):
             t0 = time.perf_counter()
             plan = self.coordinator.plan(r, keep_from_round=self.run.oldest_checkpoint_round())
@@ -136,7 +140,9 @@ class Trainer:
             if self.writes:
                 self.run.append_metrics(record)
             losses = " ".join(f"{u.key}={u.train_loss:.3f}" for u in updates)
-            self.log(f"round {r + 1}/{t.rounds}  loss {losses}  ({record['elapsed_s']:.1f}s)")
+            left = (t.rounds - r - 1) * (time.perf_counter() - t_start) / (r + 1 - start)
+            self.log(f"round {r + 1}/{t.rounds}  loss {losses}  ({record['elapsed_s']:.1f}s"
+                     + (f", about {_duration(left)} to go)" if r + 1 < t.rounds else ")"))
             last = r == t.rounds - 1
             if last or (self.cfg.eval.every and (r + 1) % self.cfg.eval.every == 0):
                 results = self.evaluate(shared, r)
@@ -229,6 +235,14 @@ class Trainer:
     def _embedding_params_held(self, update: WorkerUpdate) -> int:
         rows = self.coordinator.profile(update.participant).table_rows
         return (rows + self._position_rows()) * self.cfg.model.d_model
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 RESUMABLE_CHANGES = ("run.dir", "data.dir", "train.device", "train.threads", "train.speed", "train.engine",

@@ -57,6 +57,8 @@ class Worker:
         self.compression = upload_compression(cfg.train, spec.compresses_upload)  # None: sent as trained
         # "auto" counts the steps this process may run: compiling pays off only over many
         self.speed = resolve_mode(cfg.train.speed, device, cfg.train.rounds * cfg.train.local_steps)
+        self.progress = None  # a log function: a line every `progress_every_s` inside a long round
+        self.progress_every_s = 15.0
 
     @property
     def _keeps_optimizer_state(self) -> bool:
@@ -93,6 +95,7 @@ class Worker:
         grad_norms: list[torch.Tensor] = []
         activation: list[torch.Tensor] = []
         tokens = 0
+        t_steps = last_line = time.perf_counter()
         for i in range(plan.local_steps):
             step = plan.first_step + i
             if self.spec.resets_embedding and step > 0 and step % reset_every == 0:
@@ -108,6 +111,11 @@ class Worker:
             if hook is not None:
                 hook.remove()
             tokens += batch.shape[0] * (batch.shape[1] - 1)
+            if self.progress is not None and time.perf_counter() - last_line >= self.progress_every_s:
+                last_line = now = time.perf_counter()
+                left = (plan.local_steps - i - 1) * (now - t_steps) / (i + 1)
+                self.progress(f"  {participant.key}: step {i + 1}/{plan.local_steps}, loss {losses[-1].item():.3f}, "
+                              f"{tokens / (now - t_steps):,.0f} tokens/s, {left:.0f} s left of its round")
 
         body_out = {k: v.detach().to("cpu", copy=True) for k, v in body.state_dict().items()}
         table = self.spec.upload(embedding.tensors(), embedding.global_ids)
