@@ -263,7 +263,7 @@ def test_ctrl_c_stops_with_the_resume_command_and_resume_finishes(prepared_root,
 
     tree = tiny_tree(prepared_root)
     tree["run"]["dir"] = str(tmp_path / "run")
-    tree["train"].update(rounds=8, local_steps=20)
+    tree["train"].update(rounds=6, local_steps=5)
     cfg = write_config(tmp_path / "c.yaml", tree)
     proc = subprocess.Popen([sys.executable, "-m", "dept.cli", "train", str(cfg)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=ENV)
@@ -279,4 +279,4 @@ def test_ctrl_c_stops_with_the_resume_command_and_resume_finishes(prepared_root,
     assert done.returncode == 0, done.stderr
     rounds = [json.loads(x)["round"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if json.loads(x)["event"] == "round"]
-    assert rounds == list(range(8))
+    assert rounds == list(range(6))
