@@ -77,7 +77,7 @@ def test_train_resume_and_eval(prepared_root, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", tree)
     proc = dept("train", cfg)
     assert proc.returncode == 0, proc.stderr
-    assert "bits/byte" in proc.stdout and "ru (unseen)" in proc.stdout
+    assert "bits/byte" in proc.stdout and "ru (unseen)" in proc.stdout and "mean (unseen sources)" in proc.stdout
     again = dept("train", cfg)
     assert_one_line_error(again, "already holds a run")
     other = dept("train", "--resume", tmp_path / "run", "train.inner.lr=0.5")

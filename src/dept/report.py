@@ -34,6 +34,9 @@ def run_table(results: dict, title: str = "") -> Table:
                       r.get("note", ""))
     table.add_row("mean (trained sources)", _fmt(results["mean_loss"]), "", _fmt(results["mean_bpb"]),
                   "", "", "", "", "", "")
+    if "mean_bpb_unseen" in results:
+        table.add_row("mean (unseen sources)", _fmt(results.get("mean_loss_unseen")), "",
+                      _fmt(results["mean_bpb_unseen"]), "", "", "", "", "", "")
     return table
 
 

@@ -80,4 +80,5 @@ def summarize(results: list[SourceEval]) -> dict:
            "mean_loss": float(np.mean([r.loss for r in seen])) if seen else float("nan")}
     if unseen:
         out["mean_bpb_unseen"] = float(np.mean([r.bpb for r in unseen]))
+        out["mean_loss_unseen"] = float(np.mean([r.loss for r in unseen]))
     return out
