@@ -280,3 +280,28 @@ def test_ctrl_c_stops_with_the_resume_command_and_resume_finishes(prepared_root,
     rounds = [json.loads(x)["round"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if json.loads(x)["event"] == "round"]
     assert rounds == list(range(6))
+
+
+def test_damaged_source_state_is_named_and_an_older_checkpoint_recovers_the_same_run(prepared_root, tmp_path):
+    tree = tiny_tree(prepared_root)
+    tree["run"]["dir"] = str(tmp_path / "run")
+    tree["train"].update(rounds=3, variant="spec_opt", keep_checkpoints=2)
+    cfg = write_config(tmp_path / "c.yaml", tree)
+    assert dept("train", cfg).returncode == 0
+    run = tmp_path / "run"
+    final_manifest = (run / "checkpoints" / "round_00003" / "manifest.json").read_text()
+    last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    trained_last = [r for r in last if r["event"] == "round"][-1]["sources"][0]
+    damaged = run / "sources" / trained_last / "r000002.safetensors"
+    data = bytearray(damaged.read_bytes())
+    data[-3] ^= 0x10  # one bit, inside the tensors
+    damaged.write_bytes(bytes(data))
+    for args in (("eval", run), ("train", "--resume", run)):
+        assert_one_line_error(dept(*args), str(damaged), "checksum mismatch")
+    (run / "sources" / trained_last / "r000002.json").unlink()  # a deleted version is no excuse to use an older one
+    assert_one_line_error(dept("eval", run), "r000002.json: missing")
+    back = dept("train", "--resume", run, "--from-checkpoint", "2")  # round 3 again, from round_00002
+    assert back.returncode == 0, back.stderr
+    assert (run / "checkpoints" / "round_00003" / "manifest.json").read_text() == final_manifest  # the same run
+    assert (run / "checkpoints" / ".discarded" / "round_00003").is_dir()
+    assert_one_line_error(dept("train", "--resume", run, "--from-checkpoint", "9"), "no checkpoint round_00009")

@@ -59,6 +59,9 @@ def prepare(config: ConfigPath, overrides: Overrides = None,
 def train(config: Annotated[Path | None, typer.Argument(help="YAML config (omit with --resume)")] = None,
           overrides: Overrides = None,
           resume: Annotated[Path | None, typer.Option(help="Run folder to continue from its last checkpoint")] = None,
+          from_checkpoint: Annotated[int | None, typer.Option(
+              help="With --resume: continue from checkpoint round_N instead of the newest (newer ones are set "
+                   "aside in checkpoints/.discarded)", min=0)] = None,
           ) -> None:
     """Pre-train with the variant in train.variant (glob, trim, spec, spec_opt) or a baseline (std, act)."""
     from dept.config import load_config
@@ -76,10 +79,12 @@ def train(config: Annotated[Path | None, typer.Argument(help="YAML config (omit 
             cfg = config_from_dict(tree, f"{resume}/config.yaml", base_dir=resume)
     elif config is None:
         raise DeptError("train needs a CONFIG file, or --resume RUN_DIR")
+    elif from_checkpoint is not None:
+        raise DeptError("--from-checkpoint goes with --resume RUN_DIR")
     else:
         cfg = load_config(config, overrides)
     try:
-        wrote = run_training(cfg, resume=resume is not None, log=_log)
+        wrote = run_training(cfg, resume=resume is not None, log=_log, from_checkpoint=from_checkpoint)
     except KeyboardInterrupt:  # writes are atomic: the run is as its last checkpoint left it
         from dept.checkpoint import latest_checkpoint
 

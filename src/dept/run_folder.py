@@ -14,6 +14,8 @@ RUN/sources/NAME/                 per-source state: the workers' (see `algorithm
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -107,6 +109,23 @@ class RunFolder:
         state = TrainerState(next_round, cfg.training_fingerprint(), variant, torch.get_rng_state().tolist(),
                              dict(last_round))
         return save_checkpoint(self.path, shared, state, resolved_yaml(cfg), keep=cfg.train.keep_checkpoints)
+
+    def fall_back_to(self, next_round: int) -> list[Path]:
+        """Make checkpoint `round_{next_round}` the latest: newer ones move to checkpoints/.discarded/ (kept, out
+        of the way). Returns where they went."""
+        found = {checkpoint_round(p): p for p in list_checkpoints(self.path)}
+        if next_round not in found:
+            have = ", ".join(p.name for p in found.values()) or "none"
+            raise CheckpointError(f"{self.path}: no checkpoint round_{next_round:05d} (there are: {have})")
+        moved = []
+        for r, p in sorted(found.items()):
+            if r > next_round:
+                target = self.path / "checkpoints" / ".discarded" / p.name
+                target.parent.mkdir(exist_ok=True)
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(p, target)
+                moved.append(target)
+        return moved
 
     def load_latest(self, fingerprint: str | None) -> tuple[SharedState, TrainerState]:
         ckpt = self.latest_checkpoint()

@@ -97,6 +97,10 @@ class Trainer:
             for path in remove_leftovers(self.run.path):
                 self.log(f"removed {path.relative_to(self.run.path)}, left by a write that was stopped")
             check_same_training(self.run.saved_config(), self.cfg, self.run.path)
+            if self._from_checkpoint is not None:
+                for path in self.run.fall_back_to(self._from_checkpoint):
+                    self.log(f"{path.name}: set aside in {path.parent} (resuming from round_"
+                             f"{self._from_checkpoint:05d})")
             if self.run.latest_checkpoint() is None:
                 return self._restart_without_checkpoint(fingerprint)
             shared, state = self.run.load_latest(fingerprint)
@@ -118,8 +122,10 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------------------------
 
-    def train(self, resume: bool = False) -> list[SourceEval]:
+    def train(self, resume: bool = False, from_checkpoint: int | None = None) -> list[SourceEval]:
+        """`from_checkpoint`: resume from checkpoint round_N (N = the round it resumes at) instead of the newest."""
         self._lock = FolderLock(self.run.path, "dept train", self.log) if self.writes else None
+        self._from_checkpoint = from_checkpoint
         try:
             return self._train(resume)
         finally:
@@ -260,16 +266,19 @@ def check_same_training(saved: Config, cfg: Config, where: Path) -> None:
                           f"may change only {', '.join(RESUMABLE_CHANGES)}")
 
 
-def run_training(cfg: Config, resume: bool = False, log=print) -> bool:
+def run_training(cfg: Config, resume: bool = False, log=print, from_checkpoint: int | None = None) -> bool:
     """Train with the engine the config names; True where this process wrote the run folder (rank 0)."""
     if engine_kind(cfg) == "flower":
         from dept.engines.flower_simulation import train_in_simulation
+
+        if resume and from_checkpoint is not None:
+            RunFolder(cfg.run_dir).fall_back_to(from_checkpoint)
 
         train_in_simulation(cfg, resume, log)
         return True
     trainer = Trainer(cfg, log=log)
     try:
-        trainer.train(resume=resume)
+        trainer.train(resume=resume, from_checkpoint=from_checkpoint)
     finally:
         close = getattr(trainer.engine, "close", None)
         if close is not None:

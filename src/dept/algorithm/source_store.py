@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from dept.atomic_io import write_atomic, write_json_atomic
+from dept.atomic_io import sha256_file, write_atomic, write_json_atomic
 from dept.data.stream import StreamPosition
+from dept.errors import CheckpointError
 
 _VERSION = re.compile(r"^r(\d{6})\.json$")
 
@@ -68,13 +69,32 @@ class SourceStore:
             return []
         return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _VERSION.match(p.name)))
 
-    def load(self, name: str, before_round: int) -> SourceState | None:
+    def load(self, name: str, before_round: int, expect: int | None = None) -> SourceState | None:
+        """The newest version written before `before_round`; with `expect`, it must be that round's (the one the
+        run's checkpoint says the source last trained in): a missing version is an error, never an older one."""
         versions = [v for v in self._versions(name) if v < before_round]
+        if expect is not None and (not versions or versions[-1] != expect):
+            raise CheckpointError(f"{self.root / name / f'r{expect:06d}.json'}: missing: the state this source saved "
+                                  f"after round {expect + 1}, which the run's checkpoint needs (restore it, or "
+                                  "resume from an older checkpoint with --from-checkpoint)")
         if not versions:
             return None
         stem = self.root / name / f"r{versions[-1]:06d}"
-        meta = json.loads(stem.with_suffix(".json").read_text())
-        tensors = load_file(str(stem.with_suffix(".safetensors")))
+        meta_path, tensors_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
+        try:
+            meta = json.loads(meta_path.read_text())
+            if not isinstance(meta, dict) or not {"optimizer", "extra", "rounds_trained", "streams"} <= meta.keys():
+                raise ValueError("fields missing")
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{meta_path}: damaged source state ({err})") from None
+        if not tensors_path.is_file():
+            raise CheckpointError(f"{tensors_path}: missing (its {meta_path.name} is there)")
+        if "sha256" in meta and sha256_file(tensors_path) != meta["sha256"]:
+            raise CheckpointError(f"{tensors_path}: checksum mismatch (damaged source state)")
+        try:
+            tensors = load_file(str(tensors_path))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise CheckpointError(f"{tensors_path}: damaged source state ({err})") from None
         embedding = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("embedding.")}
         optimizer = unflatten_optimizer(tensors, meta["optimizer"]) if meta["optimizer"] else None
         streams = {k: StreamPosition(**v) for k, v in meta["streams"].items()}
@@ -88,7 +108,7 @@ class SourceStore:
 
     def load_after(self, name: str, round_index: int | None) -> SourceState | None:
         """The state as saved after round `round_index` (None: the source has no state yet)."""
-        return None if round_index is None else self.load(name, round_index + 1)
+        return None if round_index is None else self.load(name, round_index + 1, expect=round_index)
 
     def save(self, name: str, round_index: int, state: SourceState) -> None:
         stem = self.root / name / f"r{round_index:06d}"
@@ -98,11 +118,18 @@ class SourceStore:
         if state.optimizer is not None:
             opt_tensors, opt_meta = flatten_optimizer(state.optimizer)
             tensors.update(opt_tensors)
-        # Tensors first, then the JSON that makes the version visible to `load`.
-        write_atomic(stem.with_suffix(".safetensors"), lambda p: save_file(tensors, str(p)))
+        # Tensors first, then the JSON (with their checksum) that makes the version visible to `load`.
+        digest = []
+
+        def write(p: Path) -> None:
+            save_file(tensors, str(p))
+            digest.append(sha256_file(p))
+
+        write_atomic(stem.with_suffix(".safetensors"), write)
         write_json_atomic(stem.with_suffix(".json"), {
             "optimizer": opt_meta, "extra": state.extra, "rounds_trained": state.rounds_trained,
             "streams": {k: {"epoch": v.epoch, "cursor": v.cursor} for k, v in state.streams.items()},
+            "sha256": digest[0],
         })
 
     def prune(self, name: str, keep_from_round: int) -> None:
