@@ -26,9 +26,9 @@ from dept.run_folder import RunFolder
 MIXTURE = "_mixture"  # the participant key of STD/ACT's one worker
 
 # Dotted config keys that do not change what a run computes (only where or how fast it runs, or where it is kept).
-EXECUTION_ONLY = ("run.seed", "run.dir", "data.dir", "train.threads", "train.device", "train.engine",
+EXECUTION_ONLY = ("run.seed", "run.dir", "data.dir", "train.threads", "train.device", "train.engine", "train.speed",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.min_sources", "train.round_retries",
-                  "flower")
+                  "eval.every", "flower")
 
 
 # ---- statistics ---------------------------------------------------------------------------------------------------
