@@ -6,6 +6,7 @@ Command (from the repository root):
     python bench/quality.py                                    # the sweep on 2 CPU cores (see --help for knobs)
     python bench/quality.py --scale 4 --device cuda           # the same sweep, bigger, on a GPU
     python bench/quality.py --corpus demo --seeds 0 --tune-lrs 3e-3 --rounds 2   # a quick smoke run
+    python bench/quality.py --tables bench/results/quality.json   # the tables of a finished sweep again
 
 What runs
 ---------
@@ -216,7 +217,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def family_markdown(out: dict) -> str:
+    """One row per family: tuned rate, mean bits per byte (trained, unseen, after consolidation) as mean ± std over
+    seeds, the per-byte perplexity gap to the best STD, and the bytes the run moved."""
+    summary = out["summary"]
+    rows = ["| family | inner lr | bits/byte, trained | bits/byte, unseen | consolidated, trained | "
+            f"per-byte perplexity vs {summary['best_std']} | perplexity per token, trained | GB moved |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(ms, digits=3):
+        return "n/a" if ms is None or math.isnan(ms[0]) else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
+
+    for name, f in summary["families"].items():
+        gain = f.get("gain_vs_best_std_pct")
+        rows.append(f"| {name} | {out['tuned_lr'].get(name, math.nan):g} | {cell(f['mean_bpb'])} | "
+                    f"{cell(f['mean_bpb_unseen'])} | {cell(f['consolidated_mean_bpb'])} | "
+                    + ("n/a" if gain is None or math.isnan(gain) else f"{gain:+.1f}%")
+                    + f" | {statistics.fmean(r['perplexity'][0] for r in f['sources'].values() if not r['unseen']):.1f}"
+                    + f" | {f['bytes_moved'][0] / 1e9:,.2f} |")
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--tables"]:  # print the tables of a finished sweep's JSON
+        out = json.loads(Path(sys.argv[2]).read_text())
+        print(family_markdown(out))
+        print(out["markdown"])
+        return
     a = build_parser().parse_args()
 
     from dept.data.prepare import prepare
@@ -298,6 +325,7 @@ def main() -> None:
            "budget": {"rounds": a.rounds, "local_steps": a.local_steps, "sources_per_round": a.sources_per_round,
                       "batch": a.batch, "seq_len": a.seq_len, "sequential_steps": a.rounds * a.local_steps},
            "tuned_lr": tuned, "tuning": tuning, "seeds": seeds, "summary": summary, "markdown": table}
+    print(family_markdown(out))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2, allow_nan=True) + "\n")
     log(f"written to {a.out} ({out['wall_s']:.0f}s)")
