@@ -103,10 +103,10 @@ def main() -> None:
 
             trainer.coordinator.plan = plan
             trainer.train()
-            ends = [r["t0"] for r in rounds[1:]] + [time.perf_counter()]
+            ends = [(r["t0"], r["before"]) for r in rounds[1:]] + [(time.perf_counter(), dict(timers.seconds))]
             rows = []
-            for r, end in zip(rounds, ends, strict=True):
-                spent = {ph: timers.seconds[ph] - r["before"].get(ph, 0.0) for ph in PHASES}
+            for r, (end, after) in zip(rounds, ends, strict=True):
+                spent = {ph: after.get(ph, 0.0) - r["before"].get(ph, 0.0) for ph in PHASES}
                 wall = end - r["t0"] - spent["eval"]
                 rows.append({"round_s": wall, **{f"{ph}_s": spent[ph] for ph in PHASES},
                              "other_s": wall - sum(spent[ph] for ph in PHASES if ph != "eval"),
