@@ -111,7 +111,8 @@ class Worker:
             if hook is not None:
                 hook.remove()
             tokens += batch.shape[0] * (batch.shape[1] - 1)
-            if self.progress is not None and time.perf_counter() - last_line >= self.progress_every_s:
+            if self.progress is not None and i + 1 < plan.local_steps and \
+                    time.perf_counter() - last_line >= self.progress_every_s:
                 last_line = now = time.perf_counter()
                 left = (plan.local_steps - i - 1) * (now - t_steps) / (i + 1)
                 self.progress(f"  {participant.key}: step {i + 1}/{plan.local_steps}, loss {losses[-1].item():.3f}, "
