@@ -79,3 +79,15 @@ def tiny(prepared_root, tmp_path):
         return make_config(prepared_root, overrides, **train)
 
     return factory
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one thread is fastest, and stays fast on a busy machine (use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,39 +6,27 @@ import json
 import pytest
 import torch
 from safetensors.torch import load, save
+from test_engine_seam import WireEngine as SeamWireEngine
 
 from dept.algorithm.aggregator import Aggregator
 from dept.algorithm.compression import SCHEMES, compress_delta, dequantize, quantize, scheme_of
-from dept.algorithm.participants import LocalData
 from dept.algorithm.source_store import SourceStore
 from dept.algorithm.types import (
-    Assignment,
-    Download,
     QuantizedTensors,
     SharedState,
     Source,
     TableRows,
-    Transfer,
     WholeTable,
     WorkerUpdate,
 )
 from dept.algorithm.variants import spec_of
-from dept.algorithm.worker import Worker
 from dept.checkpoint import latest_checkpoint, load_checkpoint
 from dept.config import OuterOptConfig, Variant
 from dept.data.prepared import PreparedData
 from dept.eval.comms import body_scale_count_of, comms_row
-from dept.eval.validation import SourceEvaluator
 from dept.training import Trainer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest, and stays fast on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quiet(*_):
@@ -273,37 +261,12 @@ def decode(data: bytes):
     return _unpack(tensors, "body"), payload
 
 
-class WireEngine:
-    """Every assignment and update through safetensors bytes, participants in reverse order, workers built from
-    the config alone (as tests/test_engine_seam.py, with compressed parts)."""
+class WireEngine(SeamWireEngine):
+    """tests/test_engine_seam.py's engine (everything through safetensors bytes, participants in reverse order,
+    workers built from the config alone), sending the compressed parts."""
 
-    def __init__(self, cfg):
-        spec = spec_of(cfg.train.variant)
-        self.data = LocalData(cfg, spec, PreparedData(cfg.data_dir))
-        store = SourceStore(cfg.run_dir / "sources")
-        self.worker = Worker(cfg, spec, self.data, store, torch.device("cpu"))
-        self.evaluator = SourceEvaluator(cfg, spec, self.data, store, torch.device("cpu"))
-        self.wire_up = []
-
-    def profiles(self, participants):
-        return [self.data.profile(p) for p in participants]
-
-    def run_round(self, assignments):
-        replies = {}
-        for a in reversed(assignments):
-            down = encode(a.download.body, a.download.embedding)
-            received = Assignment(a.participant, a.plan, Download(*decode(down)), a.state_round)
-            update = self.worker.train(received)
-            up = encode(update.body, update.embedding)
-            body, payload = decode(up)
-            replies[a.participant.key] = WorkerUpdate(update.participant, update.round, body, update.tokens,
-                                                      payload, update.train_loss, update.last_loss,
-                                                      moved=Transfer(len(down), len(up)))
-            self.wire_up.append((update.nbytes, len(up)))
-        return [replies[a.participant.key] for a in assignments]
-
-    def evaluate(self, assignments):
-        return [self.evaluator.evaluate(a) for a in assignments]
+    encode = staticmethod(encode)
+    decode = staticmethod(decode)
 
 
 @pytest.mark.parametrize("variant,compression,scale", [("glob", "int8", "row"), ("trim", "int8", "tensor"),
@@ -323,7 +286,7 @@ def test_a_wire_engine_gives_the_local_result(tiny, tmp_path, variant, compressi
         assert getattr(a, part).keys() == getattr(b, part).keys()
         assert all(torch.equal(getattr(a, part)[k], getattr(b, part)[k]) for k in getattr(a, part))
     assert [(r.source, r.loss) for r in expected] == [(r.source, r.loss) for r in got]
-    for tensors_up, wire_up in engine.wire_up:  # the compressed tensors + one safetensors header
+    for _, tensors_up, _, wire_up in engine.wire_bytes:  # the compressed tensors + one safetensors header
         assert 0 < wire_up - tensors_up < 8192
 
 

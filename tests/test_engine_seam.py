@@ -43,6 +43,9 @@ def decode(data: bytes):
 
 
 class WireEngine:
+    encode = staticmethod(encode)  # how assignments and updates become bytes (a subclass may send other parts)
+    decode = staticmethod(decode)
+
     def __init__(self, cfg):
         spec = spec_of(cfg.train.variant)
         self.data = LocalData(cfg, spec, PreparedData(cfg.data_dir))
@@ -58,11 +61,11 @@ class WireEngine:
     def run_round(self, assignments):
         replies = {}
         for a in reversed(assignments):
-            down = encode(a.download.body, a.download.embedding)
-            received = Assignment(a.participant, a.plan, Download(*decode(down)), a.state_round)
+            down = self.encode(a.download.body, a.download.embedding)
+            received = Assignment(a.participant, a.plan, Download(*self.decode(down)), a.state_round)
             update = self.worker.train(received)
-            up = encode(update.body, update.embedding)
-            body, payload = decode(up)
+            up = self.encode(update.body, update.embedding)
+            body, payload = self.decode(up)
             replies[a.participant.key] = WorkerUpdate(update.participant, update.round, body, update.tokens,
                                                       payload, update.train_loss, update.last_loss,
                                                       moved=Transfer(len(down), len(up)))

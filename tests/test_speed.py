@@ -17,12 +17,7 @@ CFG = ModelConfig(d_model=32, n_layers=2, n_heads=4, max_seq_len=32)
 needs_compiler = pytest.mark.skipif(not speed.inductor_usable(), reason="torch.compile on CPU needs a C++ compiler")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(vocab: int, seed: int = 0) -> LanguageModel:
