@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -30,21 +29,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from machine import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"none": ["train.compression=none"], "bf16": ["train.compression=bf16"],
             "int8-tensor": ["train.compression=int8", "train.compression_scale=tensor"],
             "int8-row": ["train.compression=int8", "train.compression_scale=row"],
             "perturbed": ["train.compression=none"]}  # + the random perturbation (`perturbed_run`)
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def perturbed_run(config: str, overrides: list[str]) -> None:

@@ -36,12 +36,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -58,16 +58,6 @@ FAMILIES = {  # name -> overrides
 }
 TUNED_AS = {"std_t0": "std_t0.3", "std_t1": "std_t0.3"}  # families that take another family's tuned rate
 CORPORA = {"bench": ROOT / "configs" / "bench.yaml", "demo": ROOT / "configs" / "demo.yaml"}
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def shape_overrides(a) -> dict:

@@ -31,6 +31,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from machine import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -118,7 +120,7 @@ def main() -> None:
                   f"{med['state_s'] * 1e3:.0f} ms, aggregate {med['aggregate_s'] * 1e3:.0f} ms, checkpoint "
                   f"{med['checkpoint_s'] * 1e3:.0f} ms, other {med['other_s'] * 1e3:.0f} ms -> overhead "
                   f"{100 * med['overhead_share']:.2f}% of the round", flush=True)
-    out = {"command": "python bench/round_overhead.py " + " ".join(sys.argv[1:]), "cpu": quality.cpu_model(),
+    out = {"command": "python bench/round_overhead.py " + " ".join(sys.argv[1:]), "cpu": cpu_model(),
            "cores": os.cpu_count(), "torch": torch.__version__, "corpus": corpus,
            "shape": {k: v for k, v in quality.shape_overrides(sweep).items() if k.startswith(("model.", "train."))},
            "variants": results,
