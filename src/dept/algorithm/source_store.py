@@ -11,15 +11,17 @@ source (in a federation, to the source's site); the coordinator never reads it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as tensors_from_bytes
+from safetensors.torch import save as tensors_to_bytes
 
-from dept.atomic_io import sha256_file, write_atomic, write_json_atomic
+from dept.atomic_io import write_bytes_atomic, write_json_atomic
 from dept.data.stream import StreamPosition
 from dept.errors import CheckpointError
 
@@ -89,10 +91,11 @@ class SourceStore:
             raise CheckpointError(f"{meta_path}: damaged source state ({err})") from None
         if not tensors_path.is_file():
             raise CheckpointError(f"{tensors_path}: missing (its {meta_path.name} is there)")
-        if "sha256" in meta and sha256_file(tensors_path) != meta["sha256"]:
+        data = tensors_path.read_bytes()  # read once: checked and parsed from memory
+        if "sha256" in meta and hashlib.sha256(data).hexdigest() != meta["sha256"]:
             raise CheckpointError(f"{tensors_path}: checksum mismatch (damaged source state)")
         try:
-            tensors = load_file(str(tensors_path))
+            tensors = tensors_from_bytes(data)
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
             raise CheckpointError(f"{tensors_path}: damaged source state ({err})") from None
         embedding = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("embedding.")}
@@ -119,17 +122,12 @@ class SourceStore:
             opt_tensors, opt_meta = flatten_optimizer(state.optimizer)
             tensors.update(opt_tensors)
         # Tensors first, then the JSON (with their checksum) that makes the version visible to `load`.
-        digest = []
-
-        def write(p: Path) -> None:
-            save_file(tensors, str(p))
-            digest.append(sha256_file(p))
-
-        write_atomic(stem.with_suffix(".safetensors"), write)
+        data = tensors_to_bytes(tensors)
+        write_bytes_atomic(stem.with_suffix(".safetensors"), data)
         write_json_atomic(stem.with_suffix(".json"), {
             "optimizer": opt_meta, "extra": state.extra, "rounds_trained": state.rounds_trained,
             "streams": {k: {"epoch": v.epoch, "cursor": v.cursor} for k, v in state.streams.items()},
-            "sha256": digest[0],
+            "sha256": hashlib.sha256(data).hexdigest(),
         })
 
     def prune(self, name: str, keep_from_round: int) -> None:
