@@ -90,13 +90,19 @@ def test_auto_is_eager_for_short_runs_and_unknown_modes_are_refused():
 def test_the_worker_trains_the_same_body_in_a_compiled_mode(tiny, tmp_path):
     from dept.checkpoint import latest_checkpoint, load_checkpoint
 
-    bodies, health = {}, {}
+    from torch._dynamo.utils import counters
+
+    bodies, health, graphs = {}, {}, {}
     for mode in ("eager", "compile-body-chunked"):
         cfg = tiny(variant="spec_opt", rounds=2, speed=mode, overrides={"run.dir": str(tmp_path / mode)})
+        torch._dynamo.reset()
+        counters.clear()
         Trainer(cfg, log=lambda *_: None).train()
+        graphs[mode] = counters["stats"]["unique_graphs"]
         bodies[mode] = load_checkpoint(latest_checkpoint(cfg.run_dir))[0].body
         rounds = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
         health[mode] = [r["stability"] for r in rounds if r["event"] == "round"]
+    assert graphs == {"eager": 0, "compile-body-chunked": 1}  # the worker really ran the compiled body
     for name, tensor in bodies["eager"].items():
         assert torch.allclose(bodies["compile-body-chunked"][name], tensor, atol=1e-4), name
     for a, b in zip(health["eager"], health["compile-body-chunked"], strict=True):  # the hooked step still reports
