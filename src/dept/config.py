@@ -287,7 +287,7 @@ class Config(Strict):
 
     def settings_differing_from(self, other: Config) -> list[str]:
         """The dotted keys of the training settings where `other` differs (what makes fingerprints differ)."""
-        a, b = _flatten(self.training_settings()), _flatten(other.training_settings())
+        a, b = flatten_settings(self.training_settings()), flatten_settings(other.training_settings())
         return sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
 
     def training_settings(self) -> dict[str, Any]:
@@ -310,11 +310,14 @@ class Config(Strict):
         return d
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_settings(tree: Any, expand_lists: bool = True, prefix: str = "") -> dict[str, Any]:
+    """{"a.b": value} from nested settings; `expand_lists`: lists of sections by index too ("data.sources.0.name")."""
     if isinstance(tree, dict):
-        return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
-    if isinstance(tree, list) and any(isinstance(v, dict) for v in tree):
-        return {k: v for i, value in enumerate(tree) for k, v in _flatten(value, f"{prefix}{i}.").items()}
+        return {k: v for key, value in tree.items()
+                for k, v in flatten_settings(value, expand_lists, f"{prefix}{key}.").items()}
+    if expand_lists and isinstance(tree, list) and any(isinstance(v, dict) for v in tree):
+        return {k: v for i, value in enumerate(tree)
+                for k, v in flatten_settings(value, expand_lists, f"{prefix}{i}.").items()}
     return {prefix[:-1]: tree}
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dept.algorithm.variants import spec_of
-from dept.config import Config
+from dept.config import Config, flatten_settings
 from dept.errors import DeptError
 from dept.run_folder import RunFolder
 
@@ -266,18 +266,8 @@ def curve_name(c: AdaptCurve) -> str:
 
 # ---- reading ------------------------------------------------------------------------------------------------------
 
-def _flatten(tree, prefix: str = "") -> dict:
-    out = {}
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    else:
-        out[prefix] = tree
-    return out
-
-
 def _experiment_settings(cfg: Config) -> dict:
-    flat = _flatten(cfg.to_resolved_dict())
+    flat = flatten_settings(cfg.to_resolved_dict(), expand_lists=False)
     return {k: v for k, v in flat.items()
             if not any(k == x or k.startswith(x + ".") for x in EXECUTION_ONLY)}
 
