@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dept import failpoints
+
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)`, fsync, and rename onto `path`; on any error nothing is left behind."""
@@ -24,6 +26,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp_path)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        failpoints.reached("write")
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -73,6 +76,7 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
         old = final_dir.with_name(final_dir.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final_dir, old)
+        failpoints.reached("publish")  # a stop here leaves only `old`: `remove_leftovers` puts it back
         os.replace(tmp_dir, final_dir)
         shutil.rmtree(old, ignore_errors=True)
     else:
@@ -81,12 +85,17 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
 
 def remove_leftovers(folder: Path) -> list[Path]:
     """Delete what killed writes left under `folder`: temporary files and folders (`.NAME.*.tmp`, `.NAME.tmp`,
-    `NAME.tmp`) and `.old` folders of an interrupted `publish_dir`. Call it only while holding the folder's lock
+    `NAME.tmp`) and `.old` folders of an interrupted `publish_dir` (put back in place where the new one is
+    missing). Call it only while holding the folder's lock
     (no other writer can be mid-write). Returns what was removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
+    for old in sorted(folder.rglob("*.old")):  # a stop between publish_dir's two renames: the old one is whole
+        final = old.with_name(old.name[:-4])
+        if old.is_dir() and not final.exists():
+            os.replace(old, final)
     for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         name = path.name
         stale = (name.endswith(".tmp") and (name.startswith(".") or path.is_dir())) or \

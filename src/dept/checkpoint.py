@@ -30,8 +30,10 @@ class TrainerState:
     next_round: int
     fingerprint: str
     variant: str
-    rng_state: list[int]
     last_round: dict[str, int] = field(default_factory=dict)  # participant -> its last aggregated round
+    # Not used: every draw of the method comes from a seeded generator (`runtime.seeded_generator`), so torch's
+    # global RNG is not part of a run's state. Read from older checkpoints, written empty.
+    rng_state: list[int] = field(default_factory=list)
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -48,7 +48,8 @@ class SourceConfig(Strict):
     hf_dataset: str | None = Field(None, description="Path of a Hugging Face `datasets` dataset saved to disk")
     hf_split: str = Field("train", description="Split of `hf_dataset` to read when it is a DatasetDict")
     text_field: str = Field("text", description="Field holding the text in .jsonl/.parquet/datasets")
-    delimiter: str | None = Field(None, description="Split .txt/.md files into documents on this string")
+    delimiter: str | None = Field(None, min_length=1,
+                                  description="Split .txt/.md files into documents on this string")
     language: str | None = Field(None, description="Optional language tag (e.g. en)")
     domain: str | None = Field(None, description="Optional domain tag (e.g. code, law)")
     unseen: bool = Field(False, description="Evaluate only: never trained on")
@@ -188,7 +189,10 @@ class TrainConfig(Strict):
                                "stops cleanly (resume it with --resume)")
     checkpoint_every: int = Field(1, ge=1, description="Checkpoint every this many rounds")
     keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept")
-    threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores)")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores; at most the machine's)")
+    on_nonfinite: str = Field("skip", pattern="^(skip|stop)$", description="A source whose loss or update is NaN "
+                              "or infinite: skip (leave its update out of the round, keep its state as it was, "
+                              "log a `nonfinite` event) or stop (before the round is aggregated; resume later)")
 
 
 class EvalConfig(Strict):
@@ -298,7 +302,8 @@ class Config(Strict):
         d["data"].pop("dir")
         d["train"] = {k: v for k, v in d["train"].items() if k not in ("checkpoint_every", "keep_checkpoints",
                                                                        "device", "threads", "engine", "speed",
-                                                                       "min_sources", "round_retries")}
+                                                                       "min_sources", "round_retries",
+                                                                       "on_nonfinite")}
         if d["data"]["tokenizer"]["global"]["seed"] is None:  # as before the option existed
             d["data"]["tokenizer"]["global"].pop("seed")
         if d["train"]["compression"] != "int8":  # only int8 has scales

@@ -19,3 +19,7 @@ class CheckpointError(DeptError):
 
 class EngineError(DeptError):
     """An engine could not run a round or reach a site (too few answers, no node for a source, missing extra)."""
+
+
+class TrainingError(DeptError):
+    """Training stopped on purpose (a non-finite loss or update under `train.on_nonfinite: stop`)."""

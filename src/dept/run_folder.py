@@ -18,8 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-
+from dept import failpoints
 from dept.algorithm.types import SharedState
 from dept.atomic_io import json_text, write_json_atomic, write_text_atomic
 from dept.checkpoint import (
@@ -69,8 +68,12 @@ class RunFolder:
     # ---- metrics and results ----------------------------------------------------------------------------------
 
     def append_metrics(self, record: dict) -> None:
+        line = json_text(record) + "\n"
         with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json_text(record) + "\n")
+            f.write(line[:len(line) // 2])
+            f.flush()
+            failpoints.reached("metrics")  # a stop mid-line: the resume drops the cut line
+            f.write(line[len(line) // 2:])
 
     def metrics(self, event: str | None = None) -> list[dict]:
         if not self.metrics_path.exists():
@@ -106,8 +109,7 @@ class RunFolder:
 
     def save_checkpoint(self, cfg: Config, shared: SharedState, next_round: int, variant: str,
                         last_round: dict[str, int]) -> Path:
-        state = TrainerState(next_round, cfg.training_fingerprint(), variant, torch.get_rng_state().tolist(),
-                             dict(last_round))
+        state = TrainerState(next_round, cfg.training_fingerprint(), variant, dict(last_round))
         return save_checkpoint(self.path, shared, state, resolved_yaml(cfg), keep=cfg.train.keep_checkpoints)
 
     def fall_back_to(self, next_round: int) -> list[Path]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from dept import failpoints
 from dept.algorithm.coordinator import Coordinator
 from dept.algorithm.participants import round_participants
 from dept.algorithm.runtime import seeded_generator
@@ -28,7 +29,7 @@ from dept.atomic_io import remove_leftovers
 from dept.config import Config, Variant
 from dept.engines.base import Engine
 from dept.engines.select import build_engine, engine_kind
-from dept.errors import CheckpointError, DataError, EngineError
+from dept.errors import CheckpointError, DataError, EngineError, TrainingError
 from dept.eval.comms import body_parameters_of, comms_row
 from dept.eval.validation import summarize
 from dept.folder_lock import FolderLock
@@ -104,7 +105,6 @@ class Trainer:
             if self.run.latest_checkpoint() is None:
                 return self._restart_without_checkpoint(fingerprint)
             shared, state = self.run.load_latest(fingerprint)
-            torch.set_rng_state(torch.tensor(state.rng_state, dtype=torch.uint8))
             self.coordinator.last_round = dict(state.last_round)
             self.run.truncate_metrics(state.next_round)
             self.log(f"resuming {self.run.path} at round {state.next_round}")
@@ -134,13 +134,14 @@ class Trainer:
 
     def _train(self, resume: bool) -> list[SourceEval]:
         shared, start = self._start(resume)
+        failpoints.reached("startup")
         t = self.cfg.train
         results: list[SourceEval] = []
         t_start = time.perf_counter()
         for r in range(start, t.rounds):
             t0 = time.perf_counter()
             plan = self.coordinator.plan(r, keep_from_round=self.run.oldest_checkpoint_round())
-            updates = self._run_round(plan, shared)
+            updates = self._leave_out_nonfinite(plan, self._run_round(plan, shared))
             self.coordinator.aggregate(shared, updates, getattr(self.engine, "combine", None))
             record = self._round_record(plan, updates, time.perf_counter() - t0)
             if self.writes:
@@ -185,6 +186,26 @@ class Trainer:
         raise EngineError(f"round {plan.round + 1}: only {len(updates)} of {len(plan.keys)} sampled sources "
                           f"answered in {t.round_retries + 1} tries (train.min_sources {required}): stopped; "
                           f"`dept train --resume {self.run.path}` continues from the last checkpoint")
+
+    def _leave_out_nonfinite(self, plan: RoundPlan, updates: list[WorkerUpdate]) -> list[WorkerUpdate]:
+        """Updates with NaN or inf never reach the aggregator (nor, under torchrun, the partial sums: every rank
+        leaves out the same ones, from the flags it received). The source's state was not saved by its worker,
+        and its last aggregated round stays as it was, so its next round starts from its state before this one."""
+        bad = [u for u in updates if u.nonfinite]
+        for u in bad:
+            if self.writes:
+                self.run.append_metrics({"event": "nonfinite", "round": plan.round, "source": u.key,
+                                         "what": u.nonfinite, "action": self.cfg.train.on_nonfinite})
+            self.log(f"round {plan.round + 1}: {u.key}: {u.nonfinite}; "
+                     + ("its update is left out of the round and its state kept as it was"
+                        if self.cfg.train.on_nonfinite == "skip" else "stopping"))
+        if bad and self.cfg.train.on_nonfinite == "stop":
+            ckpt = self.run.latest_checkpoint()
+            raise TrainingError(f"round {plan.round + 1}: {bad[0].key}: {bad[0].nonfinite} (train.on_nonfinite=stop): "
+                                f"stopped before aggregating; {ckpt.name if ckpt else 'no checkpoint yet'} is intact; "
+                                f"`dept train --resume {self.run.path} train.on_nonfinite=skip` leaves such updates "
+                                f"out")
+        return [u for u in updates if not u.nonfinite]
 
     def evaluate(self, shared: SharedState, round_index: int, record: bool = True) -> list[SourceEval]:
         results = self.engine.evaluate(self.coordinator.configure_evaluation(shared))
@@ -253,6 +274,7 @@ def _duration(seconds: float) -> str:
 
 RESUMABLE_CHANGES = ("run.dir", "data.dir", "train.device", "train.threads", "train.speed", "train.engine",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.min_sources", "train.round_retries",
+                     "train.on_nonfinite",
                      "eval.*", "flower.*")
 
 

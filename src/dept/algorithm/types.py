@@ -210,6 +210,7 @@ class WorkerUpdate:
     elapsed_s: float = 0.0
     moved: Transfer | None = None  # set by the engine
     stats: dict[str, float] = field(default_factory=dict)  # training health (see `worker.TRAINING_STATS`)
+    nonfinite: str = ""  # what was NaN or infinite (a loss, a tensor): such an update is left out of the round
 
     @property
     def key(self) -> str:
@@ -223,7 +224,7 @@ class WorkerUpdate:
         """The same update without its tensors: what other processes learn of it when the tensors are summed
         where they are (see `aggregator.PartialSums`)."""
         return WorkerUpdate(self.participant, self.round, None, self.tokens, None, self.train_loss,
-                            self.last_loss, self.elapsed_s, self.moved, dict(self.stats))
+                            self.last_loss, self.elapsed_s, self.moved, dict(self.stats), self.nonfinite)
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from dept import failpoints
 from dept.algorithm.compression import upload_compression
 from dept.algorithm.participants import LocalData
 from dept.algorithm.runtime import seeded_generator
@@ -49,6 +50,16 @@ def _activation_norm(out: list[torch.Tensor]):
 def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     total = sum(float((a[k].detach().float().cpu() - b[k].float()).pow(2).sum()) for k in b)
     return total ** 0.5
+
+
+def _nonfinite(losses: list[float], tensors: dict[str, torch.Tensor]) -> str:
+    """What in a round's outcome is NaN or infinite ("" where nothing is): the first such loss, or the tensors."""
+    for i, loss in enumerate(losses):
+        if not np.isfinite(loss):
+            return f"loss {loss} at local step {i + 1} of {len(losses)}"
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    return f"non-finite values in {', '.join(bad[:3])}" + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") \
+        if bad else ""
 
 
 class Worker:
@@ -110,6 +121,7 @@ class Worker:
                                      tcfg.precision, grad_norms))
             if hook is not None:
                 hook.remove()
+            failpoints.reached("step")
             tokens += batch.shape[0] * (batch.shape[1] - 1)
             if self.progress is not None and i + 1 < plan.local_steps and \
                     time.perf_counter() - last_line >= self.progress_every_s:
@@ -120,19 +132,21 @@ class Worker:
 
         body_out = {k: v.detach().to("cpu", copy=True) for k, v in body.state_dict().items()}
         table = self.spec.upload(embedding.tensors(), embedding.global_ids)
-        sent_body, residual = body_out, {}
-        if self.compression is not None:  # the pseudo-gradient, quantised; the residual waits for the next round
-            sent_body, table, residual = self.compression.encode(assignment.download, body_out, table,
-                                                                 state.residual if state else {})
-        self._save_state(assignment, embedding, optimizer, stream, state, residual)
         values = torch.stack(losses).float().tolist()
+        nonfinite = _nonfinite(values, {**body_out, **{f"embedding.{k}": v for k, v in embedding.tensors().items()}})
+        sent_body, residual = body_out, {}
+        if self.compression is not None and not nonfinite:  # the pseudo-gradient, quantised; the residual waits
+            sent_body, table, residual = self.compression.encode(assignment.download, body_out, table,  # for the
+                                                                 state.residual if state else {})  # next round
+        if not nonfinite:  # else the source's state stays as it was after its last aggregated round
+            self._save_state(assignment, embedding, optimizer, stream, state, residual)
         norms = torch.stack(grad_norms).float().cpu()
         stats = {"grad_norm": float(norms.mean()), "grad_norm_max": float(norms.max()),
                  "activation_norm": float(activation[0]) if activation else float("nan"),
                  "local_update_norm": _distance(assignment.download.body, body_out)}
         return WorkerUpdate(participant=participant, round=plan.round, body=sent_body, tokens=tokens,
                             embedding=table, train_loss=float(np.mean(values)), last_loss=values[-1],
-                            elapsed_s=time.perf_counter() - t0, stats=stats)
+                            elapsed_s=time.perf_counter() - t0, stats=stats, nonfinite=nonfinite)
 
     def _forget_embedding(self, embedding: SourceEmbedding, optimizer: torch.optim.Optimizer, step: int) -> None:
         """ACT: re-initialise the embeddings and drop their optimizer moments."""

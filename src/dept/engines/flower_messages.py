@@ -150,7 +150,7 @@ def encode_update(u: WorkerUpdate) -> RecordDict:
     content = RecordDict({
         WHO: _who(u.participant),
         RESULT: ConfigRecord({"round": u.round, "tokens": u.tokens, "train_loss": u.train_loss,
-                              "last_loss": u.last_loss, "elapsed_s": u.elapsed_s}),
+                              "last_loss": u.last_loss, "elapsed_s": u.elapsed_s, "nonfinite": u.nonfinite}),
         STATS: ConfigRecord({k: float(v) for k, v in u.stats.items()}),
     })
     _put(content, BODY, u.body)
@@ -164,7 +164,7 @@ def decode_update(content: RecordDict) -> WorkerUpdate:
     return WorkerUpdate(_participant(content.config_records[WHO]), int(r["round"]),
                         _get(content, BODY), int(r["tokens"]), _get_table(content),
                         float(r["train_loss"]), float(r["last_loss"]), float(r["elapsed_s"]),
-                        stats={k: float(v) for k, v in stats.items()})
+                        stats={k: float(v) for k, v in stats.items()}, nonfinite=str(r.get("nonfinite", "")))
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------------

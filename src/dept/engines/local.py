@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from dept import failpoints
 from dept.algorithm.participants import LocalData
 from dept.algorithm.source_store import SourceStore
 from dept.algorithm.types import (
@@ -39,7 +40,11 @@ class LocalEngine:
         return updates
 
     def evaluate(self, assignments: list[EvalAssignment]) -> list[SourceEval]:
-        return [self.evaluator.evaluate(a) for a in assignments]
+        results = []
+        for a in assignments:
+            results.append(self.evaluator.evaluate(a))
+            failpoints.reached("eval")
+        return results
 
 
 def local_engine(cfg: Config, spec: VariantSpec, device: torch.device, check_inputs: bool = True,
