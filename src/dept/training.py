@@ -51,7 +51,12 @@ def initial_shared_state(cfg: Config, spec: VariantSpec, global_vocab: int) -> S
 def prepared_fingerprints(data_dir: Path) -> dict | None:
     """The prepared data's per-source fingerprints, recorded with a run so evaluation can check it is the same."""
     manifest = Path(data_dir) / "manifest.json"
-    return json.loads(manifest.read_text()).get("source_fingerprints") if manifest.is_file() else None
+    if not manifest.is_file():
+        return None
+    try:
+        return json.loads(manifest.read_text()).get("source_fingerprints")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        raise DataError(f"{manifest}: damaged: run `dept prepare` again") from None
 
 
 class Trainer:

@@ -22,7 +22,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from dept.atomic_io import publish_dir, write_json_atomic, write_text_atomic
 from dept.config import Config, SourceConfig
 from dept.data.documents import SplitDocuments, input_signature, read_source
-from dept.data.prepared import GLOBAL, OWN
+from dept.data.integrity import checksums, damaged
+from dept.data.prepared import GLOBAL, GLOBAL_TOKENIZER, OWN
 from dept.data.tokenizer import (
     EOS,
     EOS_ID,
@@ -51,6 +52,10 @@ class PrepareReport:
 
 def _hash(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _megabytes(texts: list[str]) -> str:
+    return f"{sum(len(t.encode('utf-8')) for t in texts) / 1e6:.2f} MB"
 
 
 def _read_one(args: tuple[SourceConfig, str, float, int]) -> SplitDocuments:
@@ -82,7 +87,10 @@ def _write_source_into(cfg: Config, source: SourceConfig, docs: SplitDocuments, 
     vocab = source.vocab_size or tok_cfg.vocab_size
     (tmp / GLOBAL).mkdir(parents=True)
     (tmp / OWN).mkdir(parents=True)
-    own_tok = train_tokenizer(capped(docs.train or docs.val, tok_cfg.sample_chars), tok_cfg.kind, vocab)
+    sample = list(capped(docs.train or docs.val, tok_cfg.sample_chars))
+    log(f"  {source.name}: training its {tok_cfg.kind.value} tokenizer ({vocab} tokens) on "
+        f"{_megabytes(sample)}")  # minutes on real data: say what is happening
+    own_tok = train_tokenizer(sample, tok_cfg.kind, vocab)
     own_tok.save(str(tmp / "tokenizer.json"))
     global_tok = load_tokenizer(global_tok_path)
     meta: dict = {"name": source.name, "unseen": source.unseen, "language": source.language,
@@ -107,6 +115,7 @@ def _write_source_into(cfg: Config, source: SourceConfig, docs: SplitDocuments, 
                 np.save(tmp / "trim_vocab.npy", trim)
                 meta["trim_vocab_size"] = int(trim.size)
         meta["splits"][split] = info
+    meta["files"] = checksums(tmp, sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()))
     write_json_atomic(tmp / "meta.json", meta)
     publish_dir(tmp, out_dir)
     tr = meta["splits"]["train"]
@@ -114,6 +123,15 @@ def _write_source_into(cfg: Config, source: SourceConfig, docs: SplitDocuments, 
         f"{tr['bytes'] / 1e6:.2f} MB, {tr['tokens'][GLOBAL]} global / {tr['tokens'][OWN]} own tokens "
         f"(own vocabulary {meta['vocab_size'][OWN]})")
     return encoded_bytes, encode_s
+
+
+def _json_or_none(path: Path) -> dict | None:
+    """A JSON object from `path`; None where it is missing or damaged (what it described is prepared again)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def global_tokenizer_seed(cfg: Config) -> int:
@@ -158,7 +176,10 @@ def check_prepared(cfg: Config) -> None:
     if not manifest.is_file():
         raise DataError(f"no prepared data in {cfg.data_dir}: run `dept prepare CONFIG` first")
     _, source_fps = fingerprints(cfg)
-    prepared = json.loads(manifest.read_text()).get("source_fingerprints", {})
+    data = _json_or_none(manifest)
+    if data is None:
+        raise DataError(f"{manifest}: damaged: run `dept prepare` again")
+    prepared = data.get("source_fingerprints", {})
     for name, fp in source_fps.items():
         if prepared.get(name) != fp:
             raise DataError(f"prepared data in {cfg.data_dir} does not match source '{name}' (its files or "
@@ -173,15 +194,17 @@ def prepare(cfg: Config, log=print, force: bool = False, show_progress: bool = F
     global_cfg = cfg.data.tokenizer.global_
     global_fp, source_fps = fingerprints(cfg)
     given = load_given_tokenizer(cfg.resolve(global_cfg.path)) if global_cfg.path else None  # checked up front
-    global_path = out / "global_tokenizer.json"
-    old_manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
+    global_path = out / GLOBAL_TOKENIZER
+    old_manifest = _json_or_none(out / "manifest.json") or {}
 
     def up_to_date(name: str) -> bool:
-        meta = out / "sources" / name / "meta.json"
-        return (not force and meta.is_file()
-                and json.loads(meta.read_text()).get("fingerprint") == source_fps[name])
+        """Prepared with these settings, and every file as written (a damaged source is prepared again)."""
+        meta = _json_or_none(out / "sources" / name / "meta.json")
+        return (not force and meta is not None and meta.get("fingerprint") == source_fps[name]
+                and not damaged(out / "sources" / name, meta.get("files", {})))
 
-    redo_global = force or old_manifest.get("global_fingerprint") != global_fp or not global_path.is_file()
+    redo_global = force or old_manifest.get("global_fingerprint") != global_fp or not global_path.is_file() \
+        or bool(damaged(out, {k: v for k, v in old_manifest.get("files", {}).items() if k == GLOBAL_TOKENIZER}))
     todo = [s for s in cfg.data.sources if redo_global or not up_to_date(s.name)]
     to_read = trained if redo_global and not global_cfg.path else todo
     to_read = list({s.name: s for s in to_read + todo}.values())
@@ -194,10 +217,10 @@ def prepare(cfg: Config, log=print, force: bool = False, show_progress: bool = F
             log(f"using the global tokenizer {global_cfg.path} ({given.get_vocab_size()} tokens)")
             write_text_atomic(global_path, given.to_str())
         elif redo_global:
+            mixture = list(balanced_mixture([docs[s.name].train for s in trained], global_cfg.sample_chars,
+                                            global_cfg.temperature, global_tokenizer_seed(cfg)))
             log(f"training the global {global_cfg.kind.value} tokenizer ({global_cfg.vocab_size} tokens, "
-                f"temperature {global_cfg.temperature})")
-            mixture = balanced_mixture([docs[s.name].train for s in trained], global_cfg.sample_chars,
-                                       global_cfg.temperature, global_tokenizer_seed(cfg))
+                f"temperature {global_cfg.temperature}) on {_megabytes(mixture)}")
             tok = train_tokenizer(mixture, global_cfg.kind, global_cfg.vocab_size)
             write_text_atomic(global_path, tok.to_str())
 
@@ -216,7 +239,9 @@ def prepare(cfg: Config, log=print, force: bool = False, show_progress: bool = F
             log(f"  {name}: unchanged, skipped")
         manifest = {"sources": [s.name for s in cfg.data.sources], "global_fingerprint": global_fp,
                     "global_vocab_size": load_tokenizer(global_path).get_vocab_size(),
-                    "source_fingerprints": source_fps}
+                    "source_fingerprints": source_fps,
+                    "files": checksums(out, [GLOBAL_TOKENIZER, *(f"sources/{s.name}/meta.json"
+                                                                 for s in cfg.data.sources)])}
         write_json_atomic(out / "manifest.json", manifest)
         return PrepareReport([s.name for s in todo], skipped, encoded_bytes, encode_s, time.perf_counter() - t_start)
     finally:

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dept.data.integrity import verify
 from dept.data.tokenizer import load_tokenizer, token_byte_lengths
 from dept.errors import DataError
 
 GLOBAL = "global"
 OWN = "own"
+GLOBAL_TOKENIZER = "global_tokenizer.json"
 
 
 @dataclass(frozen=True)
@@ -39,21 +41,25 @@ class PreparedSource:
     def vocab_size(self, vocab: str) -> int:
         return int(self.meta["vocab_size"][vocab])
 
-    def tokens(self, vocab: str, split: str) -> np.ndarray:
-        dtype = np.dtype(self.meta["dtype"][vocab])
-        path = self.root / vocab / f"{split}.bin"
+    def file(self, name: str) -> Path:
+        """One of the source's files, verified against the checksum `dept prepare` recorded."""
+        path = self.root / name
         if not path.is_file():
             raise DataError(f"prepared data is missing {path}: run `dept prepare` again")
-        return np.memmap(path, dtype=dtype, mode="r")
+        return verify(path, self.meta.get("files", {}).get(name))
+
+    def tokens(self, vocab: str, split: str) -> np.ndarray:
+        dtype = np.dtype(self.meta["dtype"][vocab])
+        return np.memmap(self.file(f"{vocab}/{split}.bin"), dtype=dtype, mode="r")
 
     def n_tokens(self, vocab: str, split: str) -> int:
         return int(self.meta["splits"][split]["tokens"][vocab])
 
     def trim_vocab(self) -> np.ndarray:
-        return np.load(self.root / "trim_vocab.npy")
+        return np.load(self.file("trim_vocab.npy"), allow_pickle=False)
 
     def own_tokenizer_path(self) -> Path:
-        return self.root / "tokenizer.json"
+        return self.file("tokenizer.json")
 
 
 class PreparedData:
@@ -65,12 +71,15 @@ class PreparedData:
         path = self.root / "manifest.json"
         if not path.is_file():
             raise DataError(f"no prepared data in {self.root}: run `dept prepare CONFIG` first")
-        self.manifest = json.loads(path.read_text())
+        self.manifest = _read_json(path)
         self._sources: dict[str, PreparedSource] = {}
+
+    def _digest(self, name: str) -> str | None:
+        return self.manifest.get("files", {}).get(name)
 
     @property
     def global_tokenizer_path(self) -> Path:
-        return self.root / "global_tokenizer.json"
+        return verify(self.root / GLOBAL_TOKENIZER, self._digest(GLOBAL_TOKENIZER))
 
     @property
     def global_vocab_size(self) -> int:
@@ -88,5 +97,16 @@ class PreparedData:
             meta = self.root / "sources" / name / "meta.json"
             if name not in self.manifest["sources"] or not meta.is_file():
                 raise DataError(f"source '{name}' is not in the prepared data {self.root}: run `dept prepare` again")
-            self._sources[name] = PreparedSource(name, meta.parent, json.loads(meta.read_text()))
+            verify(meta, self._digest(f"sources/{name}/meta.json"))
+            self._sources[name] = PreparedSource(name, meta.parent, _read_json(meta))
         return self._sources[name]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: damaged ({err.__class__.__name__}): run `dept prepare` again") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: damaged (not a JSON object): run `dept prepare` again")
+    return data
