@@ -69,3 +69,50 @@ def test_a_damaged_global_tokenizer_or_meta_is_refused(data_copy):
     meta.write_text("{")
     with pytest.raises(DataError, match=r"en/meta.json: .*damaged"):
         PreparedData(data).source("en")
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def crashed_run(cfg, crash_round):
+    from dept.training import Trainer
+
+    trainer = Trainer(cfg, log=lambda *_: None)
+    inner = trainer.engine.run_round
+
+    def run_round(assignments):
+        if assignments[0].plan.round == crash_round:
+            raise Crash
+        return inner(assignments)
+
+    trainer.engine.run_round = run_round
+    with pytest.raises(Crash):
+        trainer.train()
+
+
+@pytest.mark.parametrize("damage", ["cut", "garbled", "deleted"])
+def test_metrics_up_to_the_last_checkpoint_are_restored_on_resume(tiny, tmp_path, damage):
+    from dept.training import Trainer
+
+    straight = tiny(variant="spec_opt", rounds=4, overrides={"run.dir": str(tmp_path / "a"), "eval.every": 1})
+    Trainer(straight, log=lambda *_: None).train()
+    cfg = tiny(variant="spec_opt", rounds=4, overrides={"run.dir": str(tmp_path / "b"), "eval.every": 1})
+    crashed_run(cfg, crash_round=3)
+    path = cfg.run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    assert len(lines) == 6  # rounds 1-3, each with its evaluation
+    if damage == "cut":
+        path.write_text("".join(lines[:2]) + lines[2][:20])  # a file system that lost the tail of the file
+    elif damage == "garbled":
+        path.write_bytes(b"".join(x.encode() for x in lines[:3]) + b"\x00\xff garbage\n" + lines[4].encode())
+    else:
+        path.unlink()
+    notes = []
+    Trainer(cfg, log=notes.append).train(resume=True)
+    assert any(f"{path}: its lines up to round 3 were damaged or missing; restored from" in n for n in notes)
+    strip = [{k: v for k, v in json.loads(x).items() if k not in ("elapsed_s", "train_s")}
+             for x in path.read_text().splitlines()]
+    want = [{k: v for k, v in json.loads(x).items() if k not in ("elapsed_s", "train_s")}
+            for x in (straight.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert strip == want  # one line per round and per evaluation, as in the run never stopped

@@ -2,7 +2,9 @@
 config beside them.
 
 `RUN/checkpoints/round_RRRRR/` is written under a temporary name, every file with its SHA-256 in
-`manifest.json`, then renamed into place: a folder with that name is complete. Loading verifies every checksum
+`manifest.json`, then renamed into place: a folder with that name is complete. It also keeps the run's
+`metrics.jsonl` as it was then, so a resume restores the metrics of the rounds it keeps even when the run's own
+file was cut short or damaged. Loading verifies every checksum
 and that the checkpoint was made with the same training settings (the config fingerprint). `config.yaml` in the
 folder is the whole resolved config of the run that wrote it, so a checkpoint explains itself when copied alone.
 """
@@ -19,10 +21,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dept.algorithm.types import SharedState
-from dept.atomic_io import publish_dir, sha256_file, write_atomic, write_json_atomic, write_text_atomic
+from dept.atomic_io import (
+    publish_dir,
+    sha256_file,
+    write_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from dept.errors import CheckpointError
 
 _NAME = re.compile(r"^round_(\d{5,})$")
+METRICS = "metrics.jsonl"
 
 
 @dataclass
@@ -46,7 +56,9 @@ def checkpoint_round(path: Path) -> int:
     return int(_NAME.match(path.name).group(1))
 
 
-def save_checkpoint(run_dir: Path, shared: SharedState, state: TrainerState, config_yaml: str, keep: int) -> Path:
+def save_checkpoint(run_dir: Path, shared: SharedState, state: TrainerState, config_yaml: str, keep: int,
+                    metrics: bytes | None = None) -> Path:
+    """`metrics`: the run's metrics.jsonl up to this checkpoint, kept (checksummed) to restore it on resume."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"round_{state.next_round:05d}"
     tmp = root / f".round_{state.next_round:05d}.tmp"
@@ -57,6 +69,8 @@ def save_checkpoint(run_dir: Path, shared: SharedState, state: TrainerState, con
     _save_tensors(tmp / "outer.safetensors", shared.momentum)
     write_json_atomic(tmp / "state.json", state.__dict__)
     write_text_atomic(tmp / "config.yaml", config_yaml)
+    if metrics is not None:
+        write_bytes_atomic(tmp / METRICS, metrics)
     files = sorted(p.name for p in tmp.iterdir())
     write_json_atomic(tmp / "manifest.json", {"files": {f: sha256_file(tmp / f) for f in files}})
     publish_dir(tmp, final)
@@ -67,6 +81,8 @@ def save_checkpoint(run_dir: Path, shared: SharedState, state: TrainerState, con
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
+    if root.exists() and not root.is_dir():
+        raise CheckpointError(f"{root}: not a folder (the run's checkpoints go there)")
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
@@ -82,8 +98,13 @@ def load_checkpoint(path: Path, fingerprint: str | None = None) -> tuple[SharedS
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         raise CheckpointError(f"{path}: not a checkpoint (no manifest.json)")
-    manifest = json.loads(manifest_path.read_text())
-    for name, digest in manifest["files"].items():
+    try:
+        files = json.loads(manifest_path.read_bytes())["files"]
+        if not isinstance(files, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):  # not JSON, not UTF-8, or no file list
+        raise CheckpointError(f"{manifest_path}: damaged manifest (corrupt checkpoint)") from None
+    for name, digest in files.items():
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{path}: missing file {name}")

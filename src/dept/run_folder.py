@@ -20,8 +20,9 @@ from pathlib import Path
 
 from dept import failpoints
 from dept.algorithm.types import SharedState
-from dept.atomic_io import json_text, write_json_atomic, write_text_atomic
+from dept.atomic_io import json_text, write_bytes_atomic, write_json_atomic, write_text_atomic
 from dept.checkpoint import (
+    METRICS,
     TrainerState,
     checkpoint_round,
     latest_checkpoint,
@@ -63,7 +64,15 @@ class RunFolder:
         return cfg
 
     def data_fingerprints(self) -> dict | None:
-        return json.loads(self.data_path.read_text()) if self.data_path.is_file() else None
+        if not self.data_path.is_file():
+            return None
+        try:
+            found = json.loads(self.data_path.read_bytes())
+        except ValueError:  # not JSON, or not UTF-8
+            found = None
+        if not isinstance(found, dict):
+            raise CheckpointError(f"{self.data_path}: damaged (not the prepared data's fingerprints)")
+        return found
 
     # ---- metrics and results ----------------------------------------------------------------------------------
 
@@ -79,11 +88,13 @@ class RunFolder:
         if not self.metrics_path.exists():
             return []
         records = []
-        for line in self.metrics_path.read_text().splitlines():
+        for line in self.metrics_path.read_bytes().decode("utf-8", "replace").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a stop
+            if not isinstance(record, dict):
+                continue  # a damaged line
             if event is None or record.get("event") == event:
                 records.append(record)
         return records
@@ -94,6 +105,22 @@ class RunFolder:
             return
         kept = [r for r in self.metrics() if isinstance(r.get("round"), int) and r["round"] < next_round]
         write_text_atomic(self.metrics_path, "".join(json_text(r) + "\n" for r in kept))
+
+    def restore_metrics(self, checkpoint: Path, next_round: int) -> str | None:
+        """Make metrics.jsonl what it was when `checkpoint` was written (the later lines belong to rounds that run
+        again). Returns a note where the run's own lines up to it were damaged or missing (they are restored)."""
+        saved = checkpoint / METRICS
+        if not saved.is_file():  # a checkpoint of an older dept: keep the run's lines of earlier rounds
+            self.truncate_metrics(next_round)
+            return None
+        good = saved.read_bytes()  # verified with the checkpoint
+        current = self.metrics_path.read_bytes() if self.metrics_path.is_file() else b""
+        if current != good:
+            write_bytes_atomic(self.metrics_path, good)
+        if current.startswith(good):
+            return None
+        return (f"{self.metrics_path}: its lines up to round {next_round} were damaged or missing; restored from "
+                f"{saved}")
 
     def write_results(self, results: dict, name: str = "results.json") -> None:
         write_json_atomic(self.path / name, results)
@@ -110,7 +137,9 @@ class RunFolder:
     def save_checkpoint(self, cfg: Config, shared: SharedState, next_round: int, variant: str,
                         last_round: dict[str, int]) -> Path:
         state = TrainerState(next_round, cfg.training_fingerprint(), variant, dict(last_round))
-        return save_checkpoint(self.path, shared, state, resolved_yaml(cfg), keep=cfg.train.keep_checkpoints)
+        metrics = self.metrics_path.read_bytes() if self.metrics_path.is_file() else b""
+        return save_checkpoint(self.path, shared, state, resolved_yaml(cfg), keep=cfg.train.keep_checkpoints,
+                               metrics=metrics)
 
     def fall_back_to(self, next_round: int) -> list[Path]:
         """Make checkpoint `round_{next_round}` the latest: newer ones move to checkpoints/.discarded/ (kept, out

@@ -111,7 +111,9 @@ class Trainer:
                 return self._restart_without_checkpoint(fingerprint)
             shared, state = self.run.load_latest(fingerprint)
             self.coordinator.last_round = dict(state.last_round)
-            self.run.truncate_metrics(state.next_round)
+            note = self.run.restore_metrics(self.run.latest_checkpoint(), state.next_round)
+            if note:
+                self.log(note)
             self.log(f"resuming {self.run.path} at round {state.next_round}")
             return shared, state.next_round
         self.run.create(self.cfg, prepared_fingerprints(self.cfg.data_dir))
