@@ -5,11 +5,11 @@
 #   3. fine-tune the consolidated model on the bundled Rotten Tomatoes sentiment snippets
 #   4. export SPEC-OPT's English Bible model and the consolidated one to Hugging Face folders; load with transformers
 #   5. generate (the run's source and its export give the same text for the same seed)
-# Outputs go to runs/demo/models/; the plasticity plot is also copied to docs/plasticity_demo.png.
+# Outputs go to runs/demo-compare/models/; the plasticity plot is also copied to docs/plasticity_demo.png.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 export PYTHONUNBUFFERED=1
-RUNS=runs/demo
+RUNS=runs/demo-compare
 OUT=$RUNS/models
 for v in spec_opt glob std; do
   if [ ! -f "$RUNS/$v/results.json" ]; then

@@ -139,7 +139,7 @@ def test_relative_paths_survive_resume_and_eval(tmp_path):
     assert_one_line_error(stale, "does not match source 'en'", "dept prepare")
 
 
-def test_compare_reuses_finished_runs_only_of_the_same_config(prepared_root, tmp_path):
+def test_compare_keeps_apart_from_train_and_reuses_finished_runs_only_of_the_same_config(prepared_root, tmp_path):
     tree = tiny_tree(prepared_root)
     tree["run"]["dir"] = str(tmp_path / "runs")
     tree["train"].update(rounds=1)
@@ -147,10 +147,40 @@ def test_compare_reuses_finished_runs_only_of_the_same_config(prepared_root, tmp
     proc = dept("compare", cfg, "--variants", "spec_opt,std")
     assert proc.returncode == 0, proc.stderr
     assert "MB communicated" in proc.stdout and "less than STD" in proc.stdout
+    compared = tmp_path / "runs-compare"
+    assert sorted(p.name for p in compared.iterdir()) == ["comparison.json", "comparison.md", "spec_opt", "std"]
+    assert not (tmp_path / "runs").exists()  # `dept train CONFIG`'s folder is not compare's
+    trained = dept("train", cfg)
+    assert trained.returncode == 0, trained.stderr
+    assert not (tmp_path / "runs" / "spec_opt").exists() and "runs-compare" not in trained.stdout
+    assert json.loads((tmp_path / "runs" / "results.json").read_text())["variant"] == "spec_opt"
+
+    def variant_files():
+        return {p: (p.stat().st_mtime_ns, p.read_bytes()) for v in ("spec_opt", "std")
+                for p in (compared / v).rglob("*") if p.is_file()}
+
+    before, train_run = variant_files(), {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()}
     again = dept("compare", cfg, "--variants", "spec_opt,std")
-    assert again.returncode == 0 and "finished run found" in again.stdout
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("reused, nothing trained") == 2 and "round 1/1" not in again.stdout
+    assert variant_files() == before  # not a byte or a timestamp changed
+    assert {p: p.read_bytes() for p in (tmp_path / "runs").rglob("*") if p.is_file()} == train_run
+
+    (compared / "std" / "results.json").unlink()  # stopped after its last checkpoint, before its results
+    rounds = (compared / "std" / "metrics.jsonl").read_text().count('"event": "round"')
+    resumed = dept("compare", cfg, "--variants", "std")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and "round 1/1" not in resumed.stdout
+    assert (compared / "std" / "results.json").is_file()
+    assert (compared / "std" / "metrics.jsonl").read_text().count('"event": "round"') == rounds
+
+    before = variant_files()
     changed = dept("compare", cfg, "train.inner.lr=0.01", "--variants", "spec_opt")
-    assert_one_line_error(changed, "holds a finished run of another config")
+    assert_one_line_error(changed, "holds a finished run of another config", "train.inner.lr")
+    assert variant_files() == before
+    (compared / "std" / "results.json").unlink()
+    unfinished = dept("compare", cfg, "train.inner.lr=0.01", "--variants", "std")
+    assert_one_line_error(unfinished, "holds an unfinished run of another config", "train.inner.lr")
     bad = dept("compare", cfg, "--variants", "spec,nope")
     assert_one_line_error(bad, "unknown variant 'nope'")
 

@@ -95,3 +95,81 @@ def test_link_time_at_line_rate():
 
     assert link_seconds(10**9, 5 * 10**8, 8) == 1.0  # 8 Gbit down at 8 Gbit/s, the upload alongside
     assert link_seconds(0, 125 * 10**6, 1) == 1.0
+
+
+# ---- one config's figure: `dept comms --config CONFIG key=value ...` -------------------------------------------
+
+def _unprepared_config(tmp_path):
+    import yaml
+    from conftest import tiny_tree
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_tree(tmp_path)))  # its data.dir was never prepared
+    return path
+
+
+def test_config_figure_honours_overrides_of_variant_and_sources_per_round(tmp_path):
+    from dept.config import load_config
+    from dept.eval.config_comms import config_comms
+
+    path = _unprepared_config(tmp_path)
+    plan = config_comms(load_config(path, ["train.variant=trim", "train.sources_per_round=2"]))
+    # d_model 32, 2 blocks, SwiGLU hidden 64: 2·(4·32² + 3·32·64) + 5·32 = 20,640 body parameters. Unprepared,
+    # a TRIM source is taken to hold all 400 global rows: (20,640 + 400·32)·4 bytes down, + 400 int32 ids up.
+    assert (plan.variant, plan.sources, plan.sources_per_round, plan.measured) == (Variant.TRIM, 3, 2, False)
+    assert set(plan.per_source) == {"en", "fr", "code"}  # the unseen source never trains
+    assert {(r.bytes_down, r.bytes_up) for r in plan.per_source.values()} == {(133_760, 135_360)}
+    assert plan.round_range() == (538_240, 538_240, 538_240)  # M = 2 sources, each way
+    assert "TRIM, M = 2 of K = 3 sources a round, N = 3: 0.54 MB down + up" in plan.describe()[0]
+    assert "estimated from the config" in plan.describe()[0]
+
+    spec_opt = config_comms(load_config(path, ["train.sources_per_round=1"]))  # the file's own variant
+    assert (spec_opt.variant, spec_opt.sources_per_round) == (Variant.SPEC_OPT, 1)
+    assert spec_opt.round_range()[1] == 2 * 20_640 * 4  # the body each way, one source
+    assert spec_opt.per_source["en"].embedding_params_held == 320 * 32  # its own 320-token table
+
+
+def test_comms_command_takes_train_overrides(tmp_path):
+    from typer.testing import CliRunner
+
+    from dept.cli import app
+
+    path = _unprepared_config(tmp_path)
+    out = CliRunner().invoke(app, ["comms", "--config", str(path), "train.variant=trim",
+                                   "train.sources_per_round=2"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "TRIM (config)" in out.output and "SPEC-OPT (config)" not in out.output
+    assert "M = 2 of K = 3 sources a round" in out.output and "a formula from sizes" in out.output
+    alone = CliRunner().invoke(app, ["comms", "train.variant=trim"])
+    assert alone.exit_code != 0 and "go with --config" in str(alone.exception)
+
+
+@pytest.mark.parametrize("variant,overrides", [
+    ("trim", {}), ("trim", {"model.positions": "learned"}),
+    ("glob", {"train.compression": "int8", "train.compression_scale": "row"}), ("std", {}),
+])
+def test_config_figure_equals_what_a_run_counts_on_prepared_data(tiny, variant, overrides):
+    import json
+
+    from dept.data.prepared import PreparedData
+    from dept.eval.config_comms import config_comms
+    from dept.training import Trainer
+
+    cfg = tiny(variant=variant, rounds=1, sources_per_round=2, overrides=overrides)
+    plan = config_comms(cfg)
+    assert plan.measured and plan.sources_per_round == 2
+    data = PreparedData(cfg.data_dir)
+    assert plan.trim_rows == {n: int(data.source(n).trim_vocab().size) for n in plan.per_source}
+    Trainer(cfg, log=lambda *_: None).train()
+    record = next(r for r in map(json.loads, (cfg.run_dir / "metrics.jsonl").read_text().splitlines())
+                  if r["event"] == "round")
+    if plan.baseline:  # one mixture participant; the figure is the all-reduce a run records for each source
+        assert {r.bytes_up for r in plan.per_source.values()} == {record["std_bytes_per_source"]}
+        return
+    for name in record["sources"]:
+        assert (record["bytes_down"][name], record["bytes_up"][name]) == (plan.per_source[name].bytes_down,
+                                                                          plan.per_source[name].bytes_up)
+    down, up = plan.round_bytes(record["sources"])
+    assert (down, up) == (sum(record["bytes_down"].values()), sum(record["bytes_up"].values()))
+    least, _, most = plan.round_range()
+    assert least <= down + up <= most

@@ -44,8 +44,20 @@ def test_split_is_deterministic_by_document(tmp_path):
 def test_skips_unchanged_and_redoes_changed_sources(tmp_path):
     write_corpus(tmp_path / "corpus", docs_per_source=30)
     cfg = make_config(tmp_path)
-    first = prepare(cfg, log=lambda *_: None)
+    lines = []
+    first = prepare(cfg, log=lines.append)
     assert sorted(first.prepared) == ["code", "en", "fr", "ru"]
+    # Tokenizer training can take minutes: a line says what is trained, and on how much, before it starts. The
+    # global mixture is sample_chars (20M) of ASCII text; a source's own sample is its whole (small) train split.
+    glob = next(i for i, line in enumerate(lines) if line.startswith("training the global bpe tokenizer"))
+    assert lines[glob].startswith("training the global bpe tokenizer (400 tokens,")
+    assert lines[glob].endswith(" on 20.00 MB")
+    data = PreparedData(tmp_path / "prepared")
+    for name in ("code", "en", "fr", "ru"):
+        train_mb = data.source(name).meta["splits"]["train"]["bytes"] / 1e6
+        said = lines.index(f"  {name}: training its bpe tokenizer (320 tokens) on {train_mb:.2f} MB")
+        assert glob < said < next(i for i, line in enumerate(lines) if line.startswith(f"  {name}: ") and
+                                  "train /" in line)
     again = prepare(cfg, log=lambda *_: None)
     assert again.prepared == [] and sorted(again.skipped) == ["code", "en", "fr", "ru"]
     # An unseen source's change does not touch the global tokenizer: only it is redone.

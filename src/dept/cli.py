@@ -4,8 +4,9 @@
     dept train CONFIG [key=value ...]          pre-train (variant from train.variant)
     dept train --resume RUN_DIR                continue a stopped run from its last checkpoint
     dept eval RUN_DIR                          evaluate the last checkpoint of a run
-    dept compare CONFIG --variants a,b,...     prepare + train several variants, one table of bits per byte
+    dept compare CONFIG --variants a,b,...     prepare + train several variants (in RUN_DIR-compare/), one table
     dept comms --preset paper-mc4-1.7b         communication per round, analytically
+    dept comms --config CONFIG [key=value ...] the same for a config's model, variant and prepared sources
     dept consolidate RUN_DIR                   continued pre-training: one global-vocabulary model for all sources
     dept adapt RUN_DIR... --source NAME=FILES  a new source: own tokenizer, fresh embedding, bits-per-byte curves
     dept finetune MODEL --train F --eval F     a classification / regression head (CSV or JSONL)
@@ -117,13 +118,13 @@ def compare(config: ConfigPath, overrides: Overrides = None,
             variants: Annotated[str, typer.Option(help="Comma-separated variants to train")] =
             "spec_opt,spec,trim,glob,std",
             ) -> None:
-    """Prepare, train each variant into RUN_DIR/VARIANT (finished runs reused), print one bits-per-byte table."""
+    """Prepare, train each variant into RUN_DIR-compare/VARIANT (finished runs reused, unfinished ones resumed),
+    print one bits-per-byte table. RUN_DIR itself stays `dept train CONFIG`'s."""
     from dept.atomic_io import write_json_atomic, write_text_atomic
-    from dept.checkpoint import latest_checkpoint
+    from dept.compare import comparison_dir, train_or_reuse, variant_config
     from dept.config import Variant, load_config
     from dept.data.prepare import prepare as run_prepare
     from dept.report import comparison_markdown, comparison_table, load_results
-    from dept.training import resume_config, run_training
 
     names = [v.strip() for v in variants.split(",") if v.strip()]
     if not names:
@@ -135,25 +136,23 @@ def compare(config: ConfigPath, overrides: Overrides = None,
     run_prepare(base, log=_log, show_progress=console.is_terminal)
     runs = {}
     for v in names:
-        cfg = load_config(config, list(overrides or []) + [f"train.variant={v}",
-                                                          f"run.dir={base.run_dir / v}"])
-        if (cfg.run_dir / "results.json").is_file():
-            if resume_config(cfg.run_dir).training_fingerprint() != cfg.training_fingerprint():
-                raise DeptError(f"{cfg.run_dir} holds a finished run of another config: delete it or set run.dir")
-            _log(f"== {v}: finished run found in {cfg.run_dir}")
-        else:
-            _log(f"== {v}")
-            run_training(cfg, resume=latest_checkpoint(cfg.run_dir) is not None, log=_log)
+        cfg = variant_config(config, list(overrides or []), v)
+        _log(f"== {v}: {cfg.run_dir}")
+        train_or_reuse(cfg, log=_log)
         runs[v] = load_results(cfg.run_dir)
     console.print(comparison_table(runs))
-    write_json_atomic(base.run_dir / "comparison.json", runs)
-    write_text_atomic(base.run_dir / "comparison.md", comparison_markdown(runs))
-    _log(f"table written to {base.run_dir / 'comparison.md'}")
+    folder = comparison_dir(base.run_dir)
+    write_json_atomic(folder / "comparison.json", runs)
+    write_text_atomic(folder / "comparison.md", comparison_markdown(runs))
+    _log(f"table written to {folder / 'comparison.md'}")
 
 
 @app.command()
 def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the paper's 1.71B MC4 model")] = None,
-          config: Annotated[Path | None, typer.Option(help="Take the model and vocabulary from a config")] = None,
+          config: Annotated[Path | None, typer.Option(help="Take the model, variant, sources per round and "
+                                                           "vocabulary from a config (and its prepared data)")] = None,
+          overrides: Annotated[list[str] | None, typer.Argument(help="With --config: settings to override, as "
+                                                                     "key.path=value (as for `dept train`)")] = None,
           n_layers: Annotated[int, typer.Option(help="Blocks", min=1)] = 12,
           d_model: Annotated[int, typer.Option(help="Width", min=1)] = 768,
           d_mlp: Annotated[int, typer.Option(help="MLP hidden size (0 = 4·d_model for gelu)", min=0)] = 0,
@@ -203,7 +202,10 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
     if sources < 0 or sources_per_round < 0:
         raise DeptError("--sources and --sources-per-round must be ≥ 0")
 
-    note = ""
+    if overrides and config is None:
+        raise DeptError(f"'{overrides[0]}': key=value overrides go with --config CONFIG")
+    note, plan, chosen, positions = "", None, None, 0
+    variants = (Variant.STD, Variant.GLOB, Variant.TRIM, Variant.SPEC, Variant.SPEC_OPT)
     if preset == "paper-mc4-1.7b":
         p = PAPER_MC4_1B7
         n_layers, d_model, d_mlp, mlp, vocab = p["n_layers"], p["d_model"], p["d_mlp"], p["mlp"], p["vocab"]
@@ -216,25 +218,23 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
     elif preset is not None:
         raise DeptError(f"--preset: unknown preset '{preset}' (choose paper-mc4-1.7b)")
     elif config is not None:
-        from dept.data.prepared import PreparedData
+        from dept.eval.config_comms import config_comms
 
-        cfg = load_config(config)
-        compression = compression or cfg.train.compression
-        compression_scale = compression_scale or cfg.train.compression_scale
+        given = [f"train.{key}={value}" for key, value in (("compression", compression),
+                                                           ("compression_scale", compression_scale),
+                                                           ("sources_per_round", sources_per_round)) if value]
+        cfg = load_config(config, list(overrides or []) + given)  # the options, where given, win
+        plan = config_comms(cfg)
+        compression, compression_scale = cfg.train.compression, cfg.train.compression_scale
         n_layers, d_model, d_mlp, mlp = cfg.model.n_layers, cfg.model.d_model, cfg.model.mlp_hidden, "swiglu"
-        local_steps = cfg.train.local_steps
-        own_vocab = cfg.data.tokenizer.per_source.vocab_size
-        sources = sources or len(cfg.trained_sources)
-        sources_per_round = sources_per_round or min(cfg.train.sources_per_round or sources, sources)
+        local_steps, vocab, positions = plan.local_steps, plan.global_vocab, plan.positions
+        # the table's rows are the mean source's; the lines under it are the config's own sources
+        trim_fraction = sum(plan.trim_rows.values()) / len(plan.trim_rows) / vocab
+        own_vocab = round(sum(plan.own_vocab.values()) / len(plan.own_vocab))
+        sources, sources_per_round = sources or plan.sources, plan.sources_per_round
         keep_optimizer = keep_optimizer or cfg.train.inner.keep_state
-        try:  # the prepared data's real sizes: mean |V_k| (TRIM/SPEC rows) and mean own vocabulary
-            data = PreparedData(cfg.data_dir)
-            vocab = data.global_vocab_size
-            trained = [data.source(s.name) for s in cfg.trained_sources]
-            trim_fraction = sum(src.trim_vocab().size for src in trained) / len(trained) / vocab
-            own_vocab = round(sum(src.vocab_size("own") for src in trained) / len(trained))
-        except DeptError:
-            vocab = cfg.data.tokenizer.global_.vocab_size
+        variants = tuple(dict.fromkeys((*variants, cfg.train.variant)))
+        chosen = cfg.train.variant
     d_mlp = d_mlp or 4 * d_model
     body = body_params or body_parameters(n_layers, d_model, d_mlp, mlp)
     try:
@@ -252,13 +252,17 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
                 "embedding params held"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     rows = []
-    for v in (Variant.STD, Variant.GLOB, Variant.TRIM, Variant.SPEC, Variant.SPEC_OPT):
+    def label(v: Variant) -> str:
+        return v.value.upper().replace("_", "-") + (" (config)" if v == chosen else "")
+
+    for v in variants:
         row = comms_row(v, body, d_model, vocab, local_steps, trim_rows=int(round(trim_fraction * vocab)),
-                        own_vocab=own_vocab, dtype_bytes=dtype_bytes, compression=scheme, body_scales=body_scales)
+                        own_vocab=own_vocab, positions=positions, dtype_bytes=dtype_bytes, compression=scheme,
+                        body_scales=body_scales)
         rows.append((v, row))
         sizes = (f"{row.bytes_down / 1e6:,.1f}", f"{row.bytes_up / 1e6:,.1f}") if scheme else \
             (f"{row.bytes_up / 1e6:,.1f}",)
-        table.add_row(v.value.upper().replace("_", "-"), f"{row.params_up / 1e6:,.1f}M", *sizes,
+        table.add_row(label(v), f"{row.params_up / 1e6:,.1f}M", *sizes,
                       f"{row.params_up / local_steps / 1e6:,.2f}M",
                       f"{row.reduction_vs_std:,.0f}×", f"{row.embedding_params_held / 1e6:,.1f}M")
     console.print(table)
@@ -271,19 +275,22 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
         timing.add_column(col, justify="left" if col == "variant" else "right")
     for v, row in rows:
         held = row.embedding_params_held // d_model
-        state = private_state_bytes(v, body, d_model, held, keep_optimizer=keep_optimizer, compression=scheme)
+        state = private_state_bytes(v, body, d_model, held - positions, positions=positions,
+                                    keep_optimizer=keep_optimizer, compression=scheme)
         site = [format_seconds(link_seconds(row.bytes_down, row.bytes_up, g)) for g in links]
         server = [("—" if v == Variant.STD  # STD's all-reduce runs between workers, through no server
                    else format_seconds(sources_per_round * link_seconds(row.bytes_down, row.bytes_up, g)))
                   for g in links] if sources_per_round else []
         disk = "—" if v == Variant.STD else f"{state / 1e6:,.1f} MB"
-        timing.add_row(v.value.upper().replace("_", "-"), *site, *server, disk,
+        timing.add_row(label(v), *site, *server, disk,
                        *((("—" if v == Variant.STD else f"{sources * state / 1e9:,.2f} GB"),) if sources else ()))
     console.print(timing)
     _log("STD's time is N synchronous all-reduces of every parameter (one each way per step, as counted above), "
          "spent inside the round's compute; DEPT's happen once, between rounds.")
     if note:
         _log(note)
+    for line in plan.describe() if plan is not None else ():
+        _log(line)
 
 
 @app.command()

@@ -2,10 +2,10 @@
 
 ```python
 from dept.posttrain import load_model, consolidate, adapt, finetune, export_folder, generate, Sampling
-model = load_model("runs/demo/spec_opt", source="en_bible")      # a run's source, a model folder, an export
+model = load_model("runs/demo-compare/spec_opt", source="en_bible")   # a run's source, a model folder, an export
 print(generate(model, "In the beginning", Sampling(seed=1)).text)
-export_folder(model, "exported/en_bible")                         # AutoModelForCausalLM.from_pretrained(...)
-consolidate("runs/demo/spec_opt")                                 # -> runs/demo/spec_opt/consolidated
+export_folder(model, "exported/en_bible")                            # AutoModelForCausalLM.from_pretrained(...)
+consolidate("runs/demo-compare/spec_opt")                            # -> runs/demo-compare/spec_opt/consolidated
 ```
 """
 
