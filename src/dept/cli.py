@@ -114,6 +114,22 @@ def evaluate(run_dir: Annotated[Path, typer.Argument(help="Run folder")],
 
 
 @app.command()
+def doctor(folder: Annotated[Path, typer.Argument(help="A run folder or a prepared-data folder")]) -> None:
+    """Verify a run or data folder whole (checksums, checkpoints, metrics, source states, locks); exit 1 on a
+    problem."""
+    from dept.doctor import PROBLEM
+    from dept.doctor import doctor as check
+
+    findings = check(folder)
+    for finding in findings:
+        print(_one_line(finding.line()))
+    problems = sum(f.level == PROBLEM for f in findings)
+    print(f"{problems} problem(s)" if problems else "no problem found")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
 def compare(config: ConfigPath, overrides: Overrides = None,
             variants: Annotated[str, typer.Option(help="Comma-separated variants to train")] =
             "spec_opt,spec,trim,glob,std",
@@ -529,6 +545,12 @@ def settings() -> None:
     console.print(table)
 
 
+def _one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped (a key or value quoted from the input may hold
+    them): an error is told in exactly one line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def main() -> None:
     import click
 
@@ -540,13 +562,13 @@ def main() -> None:
         sys.exit(2)
     except click.UsageError as err:
         where = err.ctx.command_path if err.ctx else "dept"
-        print(f"error: {where}: {err.format_message()} (see {where} --help)", file=sys.stderr)
+        print(f"error: {where}: {_one_line(err.format_message())} (see {where} --help)", file=sys.stderr)
         sys.exit(2)
     except click.exceptions.Abort:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except DeptError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(str(err))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
