@@ -61,7 +61,7 @@ def test_a_damaged_global_tokenizer_or_meta_is_refused(data_copy):
     _, data = data_copy
     flip_one_bit(data / "global_tokenizer.json", at=100)
     with pytest.raises(DataError, match="global_tokenizer.json: does not match its checksum"):
-        PreparedData(data).global_tokenizer_path
+        _ = PreparedData(data).global_tokenizer_path
     meta = data / "sources" / "en" / "meta.json"
     meta.write_text(meta.read_text().replace('"documents": ', '"documents": 1'))
     with pytest.raises(DataError, match="en/meta.json: does not match its checksum"):

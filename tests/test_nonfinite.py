@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from test_lost_updates import trainer_with
 
 import dept.algorithm.worker as worker_module
 from dept.checkpoint import latest_checkpoint, load_checkpoint
 from dept.errors import TrainingError
 from dept.training import Trainer
-from test_lost_updates import trainer_with
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from dept import failpoints
+from dept.errors import DeptError
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)`, fsync, and rename onto `path`; on any error nothing is left behind."""
     path = Path(path)
+    if path.is_dir():  # the rename would fail after the work
+        raise DeptError(f"{path}: a folder is where this file goes (move it away)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -26,7 +29,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp_path)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        failpoints.reached("write")
+        failpoints.reached("write", path)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -78,7 +81,10 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
         os.replace(final_dir, old)
         failpoints.reached("publish")  # a stop here leaves only `old`: `remove_leftovers` puts it back
         os.replace(tmp_dir, final_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:  # a file stood where the folder goes
+            old.unlink(missing_ok=True)
     else:
         os.replace(tmp_dir, final_dir)
 

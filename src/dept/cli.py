@@ -573,6 +573,10 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as err:  # a full disk, a read-only folder, a file that vanished: what was written is whole
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {_one_line(where + (err.strerror or str(err)))}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -135,6 +135,13 @@ class Trainer:
         self._from_checkpoint = from_checkpoint
         try:
             return self._train(resume)
+        except OSError as err:  # a full disk, a read-only or vanished folder: every write so far is whole
+            if not self.writes:
+                raise
+            ckpt = self.run.latest_checkpoint()
+            raise TrainingError(f"{err.filename or self.run.path}: {err.strerror or err}: stopped; "
+                                f"{'checkpoint ' + ckpt.name if ckpt else 'the run folder'} is intact: "
+                                f"`dept train --resume {self.run.path}` continues once that is fixed") from None
         finally:
             if self._lock is not None:
                 self._lock.release()
