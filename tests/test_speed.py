@@ -88,9 +88,9 @@ def test_auto_is_eager_for_short_runs_and_unknown_modes_are_refused():
 
 @needs_compiler
 def test_the_worker_trains_the_same_body_in_a_compiled_mode(tiny, tmp_path):
-    from dept.checkpoint import latest_checkpoint, load_checkpoint
-
     from torch._dynamo.utils import counters
+
+    from dept.checkpoint import latest_checkpoint, load_checkpoint
 
     bodies, health, graphs = {}, {}, {}
     for mode in ("eager", "compile-body-chunked"):
