@@ -374,7 +374,12 @@ def adapt(runs: Annotated[list[Path], typer.Argument(help="One or more run folde
 
     if "=" not in source or not source.split("=", 1)[0] or not source.split("=", 1)[1]:
         raise DeptError(f"--source '{source}': expected NAME=FILE[,FILE...]")
+    from dept.config import is_source_name
+
     name, files = source.split("=", 1)
+    if not is_source_name(name):
+        raise DeptError(f"--source '{name}=...': a source name is letters, digits, _ . - (at most 100, no leading "
+                        "dot or separator)")
     result = run_adapt(runs, name, [f for f in files.split(",") if f], out,
                        AdaptSettings(steps=steps, eval_every=eval_every, freeze_body=freeze_body, lr=lr, seed=seed),
                        vocab_size, log=_log, device=device)

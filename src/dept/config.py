@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dept.atomic_io import write_text_atomic
 from dept.errors import ConfigError
+
+# A source's name names its folders (prepared data, state, a site's files): no separator, no leading dot, so no
+# name from a config, a command line or a peer's message can point outside the folder it is used in.
+SOURCE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
+def is_source_name(name: object) -> bool:
+    return isinstance(name, str) and re.match(SOURCE_NAME, name) is not None
 
 
 class Strict(BaseModel):
@@ -39,7 +48,7 @@ class TokenizerKind(StrEnum):
 
 
 class SourceConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Source name (letters, digits, _ . -)")
+    name: str = Field(pattern=SOURCE_NAME, description="Source name (letters, digits, _ . -; at most 100)")
     files: list[str] = Field(
         default_factory=list,
         description="Globs (relative to the config file) of .txt/.md (one document per file, or split on "
@@ -416,5 +425,8 @@ def save_config(cfg: Config, path: Path) -> None:
 
 def load_saved_config(path: Path) -> Config:
     """A config written by `save_config` inside a run folder (paths are absolute there)."""
-    tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
+        raise ConfigError(f"{path}: damaged (not valid YAML: {str(err).splitlines()[0]})") from None
     return config_from_dict(tree, str(path), base_dir=path.parent)

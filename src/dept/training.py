@@ -16,12 +16,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from dept import failpoints
 from dept.algorithm.coordinator import Coordinator
 from dept.algorithm.participants import round_participants
-from dept.algorithm.runtime import seeded_generator
+from dept.algorithm.runtime import seeded_generator, set_threads
 from dept.algorithm.types import RoundPlan, SharedState, SourceEval, WorkerUpdate
 from dept.algorithm.variants import VariantSpec, spec_of
 from dept.algorithm.worker import TRAINING_STATS
@@ -64,8 +62,7 @@ class Trainer:
         self.cfg = cfg
         self.spec = spec_of(cfg.train.variant)
         self.run = RunFolder(cfg.run_dir)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+        set_threads(cfg.train.threads)
         self.engine = engine or build_engine(cfg, self.spec, check_inputs)
         # Optional engine members (see engines/base.py): only one process writes the run folder.
         self.writes = getattr(self.engine, "writes_run_folder", True)

@@ -42,3 +42,21 @@ def autocast_context(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def set_threads(threads: int) -> None:
+    """`train.threads`: 0 leaves torch's default; more than this machine's cores is refused (oversubscribed
+    threads only slow every step down)."""
+    from dept.errors import ConfigError
+
+    if threads > usable_cores():
+        raise ConfigError(f"train.threads={threads}: this machine gives this process {usable_cores()} CPU cores")
+    if threads:
+        torch.set_num_threads(threads)

@@ -21,7 +21,9 @@ import torch
 from safetensors.torch import load as tensors_from_bytes
 from safetensors.torch import save as tensors_to_bytes
 
+from dept.algorithm.types import Mixture
 from dept.atomic_io import write_bytes_atomic, write_json_atomic
+from dept.config import is_source_name
 from dept.data.stream import StreamPosition
 from dept.errors import CheckpointError
 
@@ -65,8 +67,14 @@ class SourceStore:
     def __init__(self, root: Path):
         self.root = Path(root)
 
+    def _folder(self, name: str) -> Path:
+        if not (is_source_name(name) or name == Mixture.key):
+            raise CheckpointError(f"'{name}' is not a source name: no state is read or written for it under "
+                                  f"{self.root}")
+        return self.root / name
+
     def _versions(self, name: str) -> list[int]:
-        folder = self.root / name
+        folder = self._folder(name)
         if not folder.is_dir():
             return []
         return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _VERSION.match(p.name)))
@@ -76,12 +84,12 @@ class SourceStore:
         run's checkpoint says the source last trained in): a missing version is an error, never an older one."""
         versions = [v for v in self._versions(name) if v < before_round]
         if expect is not None and (not versions or versions[-1] != expect):
-            raise CheckpointError(f"{self.root / name / f'r{expect:06d}.json'}: missing: the state this source saved "
+            raise CheckpointError(f"{self._folder(name) / f'r{expect:06d}.json'}: missing: the state this source saved "
                                   f"after round {expect + 1}, which the run's checkpoint needs (restore it, or "
                                   "resume from an older checkpoint with --from-checkpoint)")
         if not versions:
             return None
-        stem = self.root / name / f"r{versions[-1]:06d}"
+        stem = self._folder(name) / f"r{versions[-1]:06d}"
         meta_path, tensors_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
         try:
             meta = json.loads(meta_path.read_text())
@@ -107,14 +115,15 @@ class SourceStore:
     def prune_all(self, keep_from_round: int) -> None:
         """`prune` every source this store holds: a source not trained again must not keep a stale version."""
         for folder in self.root.glob("*/"):
-            self.prune(folder.name, keep_from_round)
+            if is_source_name(folder.name) or folder.name == Mixture.key:
+                self.prune(folder.name, keep_from_round)
 
     def load_after(self, name: str, round_index: int | None) -> SourceState | None:
         """The state as saved after round `round_index` (None: the source has no state yet)."""
         return None if round_index is None else self.load(name, round_index + 1, expect=round_index)
 
     def save(self, name: str, round_index: int, state: SourceState) -> None:
-        stem = self.root / name / f"r{round_index:06d}"
+        stem = self._folder(name) / f"r{round_index:06d}"
         tensors = {f"embedding.{k}": v.detach().contiguous().cpu() for k, v in state.embedding.items()}
         tensors.update({f"residual.{k}": v.detach().contiguous().cpu() for k, v in state.residual.items()})
         opt_meta = None
@@ -136,4 +145,4 @@ class SourceStore:
         resumed run trains the same sources in that round again (sampling is seeded by round) and overwrites them."""
         for v in [v for v in self._versions(name) if v < keep_from_round][:-1]:
             for suffix in (".json", ".safetensors"):
-                (self.root / name / f"r{v:06d}{suffix}").unlink(missing_ok=True)
+                (self._folder(name) / f"r{v:06d}{suffix}").unlink(missing_ok=True)

@@ -33,7 +33,7 @@ from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
 from dept.algorithm.participants import LocalData  # noqa: E402
-from dept.algorithm.runtime import resolve_device  # noqa: E402
+from dept.algorithm.runtime import resolve_device, usable_cores  # noqa: E402
 from dept.algorithm.source_store import SourceStore  # noqa: E402
 from dept.algorithm.types import (  # noqa: E402
     Assignment,
@@ -68,7 +68,7 @@ class Site:
         else:
             self.names = [cfg.data.sources[int(node_config["partition-id"])].name]
         state_dir = node_config.get("state-dir") or cfg.run_dir / "sources"
-        torch.set_num_threads(max(1, int(cfg.train.threads or cfg.flower.client_cpus)))
+        torch.set_num_threads(min(usable_cores(), max(1, int(cfg.train.threads or cfg.flower.client_cpus))))
         spec = spec_of(cfg.train.variant)
         device = resolve_device(cfg.train.device)
         self.data = LocalData(cfg, spec, PreparedData(cfg.data_dir))

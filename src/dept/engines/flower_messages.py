@@ -38,6 +38,8 @@ from dept.algorithm.types import (  # noqa: E402
     WholeTable,
     WorkerUpdate,
 )
+from dept.config import is_source_name  # noqa: E402
+from dept.errors import EngineError  # noqa: E402
 
 # Record names: every message is a RecordDict of some of these.
 RUN, PLAN, WHO, BODY, TABLE, IDS, RESULT, STATS = "run", "plan", "who", "body", "table", "ids", "result", "stats"
@@ -96,8 +98,13 @@ def _who(participant: Participant) -> ConfigRecord:
 
 
 def _participant(record: ConfigRecord) -> Participant:
+    """Who a message is for or from; a name that is not a source name is refused (it would name folders)."""
+    names = list(record["sources"]) if record["kind"] == "mixture" else [record["name"]]
+    bad = [str(n) for n in names if not is_source_name(n)]
+    if bad:
+        raise EngineError(f"a message names source '{bad[0][:100]}', which is not a source name: refused")
     if record["kind"] == "mixture":
-        return Mixture(tuple(record["sources"]))
+        return Mixture(tuple(names))
     return Source(str(record["name"]), int(record["index"]))
 
 
