@@ -48,6 +48,8 @@ class FolderLock:
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except (FileNotFoundError, NotADirectoryError):  # e.g. `--resume RUN run.dir=elsewhere`
+                raise DeptError(f"{self.folder}: no such folder") from None
             except FileExistsError:
                 holder = self._holder()
                 if holder is not None and self._live(holder):

@@ -80,15 +80,25 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
                 raise DataError(f"{where}: no '{text_field}' field")
             if not isinstance(obj[text_field], str):
                 raise DataError(f"{where}: field '{text_field}' is not a string")
+            try:
+                obj[text_field].encode("utf-8")
+            except UnicodeEncodeError as err:  # JSON may escape a lone surrogate ("\ud800"): no text
+                code = ord(err.object[err.start])
+                raise DataError(f"{where}: field '{text_field}' holds a lone surrogate (\\u{code:04x}), not text") \
+                    from None
             yield obj[text_field]
 
 
 def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(f"{path}: reading .parquet needs pyarrow (pip install 'dept[parquet]')") from None
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:  # empty, truncated or not parquet at all
+        raise DataError(f"{path}: not a readable .parquet file ({str(err).splitlines()[0]})") from None
     if text_field not in table.column_names:
         raise DataError(f"{path}: no column '{text_field}' (columns: {', '.join(table.column_names)})")
     for i, value in enumerate(table.column(text_field).to_pylist()):

@@ -45,6 +45,7 @@ from dept.algorithm.types import (
     WorkerUpdate,
 )
 from dept.engines.local import LocalEngine
+from dept.errors import EngineError
 
 
 def launched_by_torchrun() -> bool:
@@ -65,6 +66,10 @@ def init_distributed(device_name: str, timeout_s: int = 1800) -> tuple[torch.dev
         device = torch.device("cpu")
     if dist.is_initialized():
         return device, False
+    unset = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if unset:  # env:// rendezvous would raise on the first one
+        raise EngineError(f"train.engine=torchrun, but this process was not launched by torchrun ({', '.join(unset)} "
+                          "not set): start it with `torchrun ... -m dept train`, or use train.engine=auto")
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     return device, True
 
