@@ -1101,13 +1101,18 @@ def _float_ok(text: str) -> float | None:
         return None
 
 
-INT_TEXT = st.one_of(st.integers(-3, 12).map(str),
-                     st.sampled_from(["0", "-1", "1e3", "3.5", "abc", "", " 7", "0x10", "2**8", "1_0", "１２",
-                                      "99999999999999999999999", "-99999999999999999999999", "nan", "inf",
-                                      "9223372036854775808", "18446744073709551616"]))
-FLOAT_TEXT = st.one_of(st.floats(-5, 5).map(repr),
-                       st.sampled_from(["0", "-1", "nan", "inf", "-inf", "1e-320", "1e308", "-0.0", "1,5", "abc", "",
-                                        "0.5", "1", "2", "1e-300", "NaN", "Infinity", "0x1p3"]))
+# Option values: mostly ones that parse (small, zero, negative, huge, non-finite), so the command gets past the
+# parser to the code that uses them; now and then one that does not parse at all.
+INT_TEXT = st.one_of(
+    st.integers(-3, 12).map(str), st.integers(-3, 12).map(str),
+    st.sampled_from(["0", "-1", " 7", "1_0", "１２", "99999999999999999999999", "-99999999999999999999999",
+                     "9223372036854775807", "9223372036854775808", "18446744073709551616", "-9223372036854775809"]),
+    st.sampled_from(["1e3", "3.5", "abc", "", "0x10", "2**8", "nan", "inf"]))
+FLOAT_TEXT = st.one_of(
+    st.floats(-5, 5).map(repr), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["0", "-1", "nan", "inf", "-inf", "1e-320", "1e308", "-0.0", "0.5", "1", "2", "1e-300", "NaN",
+                     "Infinity", "5e-324", "1e-3", "100"]),
+    st.sampled_from(["1,5", "abc", "", "0x1p3", "1e", "--1"]))
 
 
 def small_int(limit: int):
@@ -1128,7 +1133,7 @@ def _opts(draw, spec: dict) -> list[str]:
     return argv
 
 
-RUN_REFS = st.sampled_from(["{RUN}"] * 5 + ["{MISSING}", "{FILE}", "{PREPARED}", "{CORPUS}", "{RUN}/checkpoints",
+RUN_REFS = st.sampled_from(["{RUN}"] * 16 + ["{MISSING}", "{FILE}", "{PREPARED}", "{CORPUS}", "{RUN}/checkpoints",
                                             "{RUN}/sources", "", "{EMPTY}"])
 DEVICES = st.sampled_from(["cpu", "cpu", "auto", "cuda", "cuda:3", "mps", "xpu", "junk", "", "meta", "cpu:0"])
 SOURCES = st.sampled_from(["en", "fr", "code", "ru", "xx", "", "EN", "en,fr"])
@@ -1136,8 +1141,9 @@ SOURCES = st.sampled_from(["en", "fr", "code", "ru", "xx", "", "EN", "en,fr"])
 
 @st.composite
 def cli_cases(draw) -> dict:
-    command = draw(st.sampled_from(["comms"] * 4 + ["eval"] * 2 + ["generate"] * 2 + ["export", "compare", "train",
-                                   "prepare", "consolidate", "adapt", "finetune", "report", "settings", "random"]))
+    command = draw(st.sampled_from(["comms"] * 3 + ["eval"] * 2 + ["generate"] * 3 + ["consolidate"] * 2 + ["adapt"] * 2
+                                   + ["finetune"] * 2 + ["export", "compare", "train", "prepare", "report", "settings",
+                                                         "random"]))
     argv: list[str]
     if command == "comms":
         argv = ["comms"] + _opts(draw, {
@@ -1215,15 +1221,17 @@ def cli_cases(draw) -> dict:
 @st.composite
 def finetune_examples(draw) -> dict:
     fmt = draw(st.sampled_from(["csv", "jsonl"]))
-    labels = draw(st.sampled_from([["a", "b"], ["1.5", "2.5"], ["a"], ["", "x"]]))
+    labels = draw(st.sampled_from([["a", "b"], ["a", "b"], ["1.5", "2.5", "-3"], ["a"], ["", "x"], ["nan", "1"],
+                                   ["inf", "1"]]))
     rows = [(draw(DOC_TEXT.filter(lambda s: "\x00" not in s)), draw(st.sampled_from(labels))) for _ in range(
-        draw(st.integers(0, 6)))]
+        draw(st.integers(0, 8)))]
     if fmt == "csv":
         import csv
 
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(draw(st.sampled_from([["text", "label"], ["text"], ["sentence", "label"], []])))
+        w.writerow(draw(st.sampled_from([["text", "label"], ["text", "label"], ["text"], ["sentence", "label"],
+                                         []])))
         w.writerows(rows)
         content = buf.getvalue().encode()
     else:

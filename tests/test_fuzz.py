@@ -65,6 +65,18 @@ def _damage(target: str, how: str, junk: bytes = b"\xa0") -> dict:
     return {"target": target, "how": how, "at": 0.5, "bit": 3, "junk": junk}
 
 
+def _cli(*argv: str) -> dict:
+    return {"command": argv[0], "argv": list(argv)}
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+EXAMPLES = {"name": "train.csv", "content": b"text,label\nthe cat,a\nthe dog,b\nle chat,a\nle chien,b\n"}
+
 REGRESSIONS = {
     # data files
     "empty delimiter": ("data", {"files": [{"name": "f0.txt", "content": b"a b\n\nc d"}], "text_field": "text",
@@ -86,6 +98,26 @@ REGRESSIONS = {
                                                     "bad": None}),
     "train.engine=torchrun outside torchrun": ("overrides", {"overrides": ["train.engine=torchrun"],
                                                              "target": "resume", "bad": None}),
+    # CLI options (the run's model for source en)
+    "generate: a temperature of 1e-320": ("cli", _cli("generate", "{RUN}", "the", "--source", "en", "--temperature",
+                                                     "1e-320", "--max-new-tokens", "3")),
+    "generate: a seed beyond 64 bits": ("cli", _cli("generate", "{RUN}", "the", "--source", "en", "--seed",
+                                                    "99999999999999999999999", "--max-new-tokens", "3")),
+    "generate: --device junk": ("cli", _cli("generate", "{RUN}", "x", "--source", "en", "--device", "junk")),
+    "generate: --device cuda without CUDA": ("cli", _cli("generate", "{RUN}", "x", "--source", "en", "--device",
+                                                         "cuda" if not _has_cuda() else "cuda:99")),
+    "consolidate: --lr nan": ("cli", _cli("consolidate", "{RUN}", "--out", "{OUT}", "--steps", "1", "--lr", "nan")),
+    "consolidate: --lr 1e308 diverges": ("cli", _cli("consolidate", "{RUN}", "--out", "{OUT}", "--steps", "1", "--lr",
+                                                     "1e308")),
+    "adapt: --lr nan": ("cli", _cli("adapt", "{RUN}", "--source", "new={CORPUS}/ru.jsonl", "--out", "{OUT}",
+                                    "--steps", "1", "--lr", "nan")),
+    "adapt: a negative --seed": ("cli", _cli("adapt", "{RUN}", "--source", "new={CORPUS}/ru.jsonl", "--out", "{OUT}",
+                                             "--steps", "1", "--seed", "-5")),
+    "finetune: --lr nan": ("cli", {**_cli("finetune", "{RUN}", "--source", "en", "--train", "{TRAIN}", "--eval",
+                                          "{EVAL}", "--epochs", "1", "--lr", "nan"), "examples": EXAMPLES}),
+    "finetune: --lr 1e308 diverges": ("cli", {**_cli("finetune", "{RUN}", "--source", "en", "--train", "{TRAIN}",
+                                                     "--eval", "{EVAL}", "--epochs", "1", "--lr", "1e308"),
+                                              "examples": EXAMPLES, "bad": "diverges"}),
     # damaged run folders
     "manifest not JSON": ("run_folder", {"damages": [_damage("checkpoints/round_00002/manifest.json", "truncate")],
                                          "command": "eval", "bad": "manifest"}),

@@ -31,7 +31,7 @@ from dept.config import SourceConfig, TokenizerKind
 from dept.data.documents import SplitDocuments, read_source
 from dept.data.stream import WindowStream
 from dept.data.tokenizer import capped, encode_stream, token_byte_lengths, train_tokenizer
-from dept.errors import DataError, DeptError
+from dept.errors import DataError, DeptError, TrainingError
 from dept.model import Body, LanguageModel, SourceEmbedding
 from dept.posttrain.folder import ModelFolder
 from dept.posttrain.from_run import RunModels
@@ -128,6 +128,9 @@ def adapt_run(models: RunModels, source: NewSource, settings: AdaptSettings, lab
             point(step + 1, since)
             since = []
     curve.elapsed_s = time.perf_counter() - t0
+    if not all(bool(p.isfinite().all()) for p in lm.parameters()):
+        raise TrainingError(f"{label}: adapting to '{source.name}' diverged: the weights are not finite after "
+                            f"{settings.steps} steps (peak lr {peak:g}): lower --lr")
     body.requires_grad_(True)
     folder = ModelFolder(cfg.model, {k: v.detach().cpu() for k, v in body.state_dict().items()},
                          {k: v.detach().cpu() for k, v in emb.tensors().items()}, source.tokenizer,
@@ -170,6 +173,10 @@ def adapt(runs: Sequence[Path], name: str, files: Sequence[str], out: Path | Non
         raise DeptError("adapt needs at least one run folder")
     if settings.steps < 1 or settings.eval_every < 1:
         raise DeptError("--steps and --eval-every must be at least 1")
+    if settings.lr is not None and not 0 < settings.lr < math.inf:
+        raise DeptError(f"--lr {settings.lr}: must be a positive number")
+    if not 0 <= settings.seed < 2**63:
+        raise DeptError(f"--seed {settings.seed}: must be in [0, 2**63)")
     all_models = [RunModels(r) for r in runs]  # every run checked before any work
     first = all_models[0].cfg
     if name in {s.name for m in all_models for s in m.cfg.trained_sources}:

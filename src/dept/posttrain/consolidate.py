@@ -40,7 +40,7 @@ from dept.atomic_io import publish_dir, write_json_atomic
 from dept.data.prepared import GLOBAL
 from dept.data.stream import MixtureStream, StreamPosition, WindowStream
 from dept.data.tokenizer import load_tokenizer
-from dept.errors import CheckpointError, DeptError
+from dept.errors import CheckpointError, DeptError, TrainingError
 from dept.model import Body, LanguageModel, SourceEmbedding
 from dept.posttrain.folder import ModelFolder, is_model_folder
 from dept.posttrain.from_run import RunModels
@@ -106,6 +106,8 @@ def plan_consolidation(models: RunModels, fraction: float = DEFAULT_FRACTION, st
         steps = max(1, round(fraction * total))
     if steps < 1:
         raise DeptError(f"--steps {steps}: must be at least 1")
+    if lr is not None and not 0 < lr < math.inf:
+        raise DeptError(f"--lr {lr}: must be a positive number")
     from_run_table = models.spec.has_global_embedding
     peak = lr if lr is not None else t.inner.lr * (0.5 if from_run_table else 1.0)
     return ConsolidationPlan(steps=steps, peak_lr=peak, warmup_steps=min(t.inner.warmup_steps, steps // 10),
@@ -236,6 +238,9 @@ class Consolidator:
                 self.log(f"  step {step + 1}/{plan.steps}  loss {losses[-1]:.4f}  "
                          f"({rate:.2f} steps/s, {(plan.steps - step - 1) / rate:.0f}s left)")
             if (step + 1) % self.checkpoint_every == 0 or step + 1 == plan.steps or done_here == stop_after:
+                if not all(bool(p.isfinite().all()) for p in lm.parameters()):  # never keep diverged weights
+                    raise TrainingError(f"consolidation diverged: the weights are not finite after step {step + 1} "
+                                        f"(peak lr {plan.peak_lr:g}): lower --lr")
                 self._save_progress(lm, optimizer, stream, step + 1, losses)
             if done_here == stop_after and step + 1 < plan.steps:
                 return ConsolidationResult(self.out, self.models.variant, plan, [], losses, finished=False)

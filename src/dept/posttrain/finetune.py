@@ -48,9 +48,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dept.algorithm.runtime import resolve_device
 from dept.atomic_io import write_json_atomic
 from dept.data.tokenizer import EOS_ID
-from dept.errors import DataError, DeptError
+from dept.errors import DataError, DeptError, TrainingError
 from dept.model import LanguageModel
 from dept.posttrain.folder import ModelFolder, is_model_folder
 
@@ -377,8 +378,10 @@ def finetune(model: ModelFolder, train_path: Path, eval_path: Path, out: Path | 
     log = log or (lambda _line: None)
     if task not in TASKS:
         raise DeptError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
-    if epochs < 1 or batch_size < 1 or lr <= 0 or (head_lr is not None and head_lr <= 0):
-        raise DeptError("epochs and batch size must be at least 1 and learning rates positive")
+    if epochs < 1 or batch_size < 1 or not 0 < lr < math.inf or (head_lr is not None and not 0 < head_lr < math.inf):
+        raise DeptError("epochs and batch size must be at least 1 and learning rates positive (and finite)")
+    if not -2**63 <= seed < 2**64:
+        raise DeptError(f"--seed {seed}: out of range (a 64-bit integer)")
     max_len = max_len if max_len is not None else min(model.model.max_seq_len, 128)
     if not 2 <= max_len <= model.model.max_seq_len:
         raise DeptError(f"max_len {max_len} must be between 2 and the model's max_seq_len "
@@ -428,7 +431,7 @@ def finetune(model: ModelFolder, train_path: Path, eval_path: Path, out: Path | 
         return {"pearson": pearson(predictions, gold), "spearman": spearman(predictions, gold),
                 "mse": mse(predictions, gold), "mean_mse": baseline["mse"]}
 
-    device = torch.device(device)
+    device = resolve_device(str(device))
     train_seqs = encode_examples(model, [ex.text for ex in train], [ex.text_pair for ex in train], max_len)
     eval_seqs = encode_examples(model, [ex.text for ex in evals], [ex.text_pair for ex in evals], max_len)
     lm = model.language_model(device).train()
@@ -507,6 +510,9 @@ def finetune(model: ModelFolder, train_path: Path, eval_path: Path, out: Path | 
         history.append(EpochMetrics(epoch, train_loss, metrics))
         log(f"epoch {epoch}/{epochs}  train loss {train_loss:.4f}  eval {_format(metrics)}  ({base_line})")
 
+    if not all(bool(p.isfinite().all()) for p in [*lm.parameters(), *head.parameters()]):
+        raise TrainingError(f"fine-tuning diverged: the weights are not finite after {epochs} epoch(s) at lr {lr:g}, "
+                            f"head lr {head_lr:g}: lower --lr / --head-lr")
     result = FinetuneResult(task, labels, history, baseline, settings, predictions, out)
     if out is not None:
         weight, bias = folded()

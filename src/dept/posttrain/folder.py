@@ -61,6 +61,9 @@ class ModelFolder:
         return self.embedding["tokens"].shape[0]
 
     def language_model(self, device: torch.device | str = "cpu") -> LanguageModel:
+        from dept.algorithm.runtime import resolve_device
+
+        device = resolve_device(str(device))  # one line for a device this machine lacks (--device)
         body = Body(self.model)
         body.load_state_dict(self.body)
         emb = SourceEmbedding(self.vocab_size, self.model)

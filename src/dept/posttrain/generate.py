@@ -31,8 +31,10 @@ class Sampling:
     def check(self) -> None:
         if self.max_new_tokens < 1:
             raise DeptError(f"--max-new-tokens {self.max_new_tokens}: must be at least 1")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # NaN too
             raise DeptError(f"--temperature {self.temperature}: must be >= 0")
+        if not -2**63 <= self.seed < 2**64:
+            raise DeptError(f"--seed {self.seed}: out of range (a 64-bit integer)")
         if self.top_k < 0:
             raise DeptError(f"--top-k {self.top_k}: must be >= 0")
         if not 0 < self.top_p <= 1:
@@ -69,6 +71,7 @@ def generate(folder: ModelFolder, prompt: str, sampling: Sampling = Sampling(),
              on_text: Callable[[str], None] | None = None, device: str = "cpu") -> Generated:
     sampling.check()
     lm = folder.language_model(device)
+    device = next(lm.parameters()).device  # "auto" resolved
     context = [EOS_ID] + folder.encode(prompt)
     window = folder.model.max_seq_len
     generator = torch.Generator().manual_seed(sampling.seed)
@@ -78,8 +81,8 @@ def generate(folder: ModelFolder, prompt: str, sampling: Sampling = Sampling(),
     for _ in range(sampling.max_new_tokens):
         ids = torch.tensor([context[-window:]], device=device)
         logits = lm(ids)[0, -1].float().cpu()
-        if sampling.temperature == 0:
-            token = int(logits.argmax())
+        if sampling.temperature == 0 or not torch.isfinite(logits.double() / sampling.temperature).all():
+            token = int(logits.argmax())  # greedy, or a temperature so small that it is greedy's limit
         else:
             token = int(torch.multinomial(next_token_probs(logits, sampling), 1, generator=generator))
         if token == EOS_ID and sampling.stop_at_eos:
