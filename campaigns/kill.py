@@ -41,7 +41,7 @@ JOBS = (*TRAIN_JOBS, "prepare", "consolidate", "adapt")
 IGNORED = (".dept.lock",)
 
 
-def workspace(root: Path, docs: int = 12) -> Path:
+def workspace(root: Path, docs: int = 12, rounds: int = 8) -> Path:
     """A small real corpus (the leading chapters of the demo's sources) and a config for it."""
     corpus = root / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,7 @@ data:
   tokenizer: {{global: {{vocab_size: 400}}, per_source: {{vocab_size: 300}}}}
 model: {{d_model: 32, n_layers: 2, n_heads: 2, max_seq_len: 64}}
 train:
-  rounds: 8
+  rounds: {rounds}
   local_steps: 4
   sources_per_round: 2
   batch_size: 2
@@ -97,9 +97,10 @@ def dept(*args: str, kill_at: str | None = None, timer_s: float | None = None, c
 
 def _normalised(data: bytes, name: str, folder: Path) -> bytes:
     """Timings removed from JSON and JSON-lines files, the folder's own path from its config; the rest as is."""
+    if not name.endswith((".json", ".jsonl", ".yaml")):
+        return data
+    data = data.replace(str(folder).encode(), b"FOLDER")  # a config's run.dir, a result's output folder
     if name.endswith(".yaml"):
-        return data.replace(str(folder).encode(), b"FOLDER")
-    if not name.endswith((".json", ".jsonl")):
         return data
 
     def drop(obj):
@@ -110,6 +111,9 @@ def _normalised(data: bytes, name: str, folder: Path) -> bytes:
         return obj
 
     try:
+        if name.endswith("manifest.json") and "checkpoints" in name:  # digests of the files normalised here
+            files = json.loads(data)["files"]
+            return json.dumps({k: v for k, v in files.items() if not k.endswith((".yaml", ".jsonl"))}).encode()
         if name.endswith(".jsonl"):
             return "\n".join(json.dumps(drop(json.loads(x)), sort_keys=True)
                              for x in data.decode().splitlines()).encode()
@@ -148,25 +152,29 @@ class JobResult:
 class Campaign:
     """One workspace: the corpus, its prepared data and a finished reference run for the post-training jobs."""
 
-    def __init__(self, root: Path, rng: random.Random):
-        self.root, self.rng = root, rng
-        self.config = workspace(root)
+    def __init__(self, root: Path, rng: random.Random, stops: list[str] | None = None, rounds: int = 8):
+        """`stops`: stop at these points in turn (`step:3`...) instead of at random moments."""
+        self.root, self.rng, self.stops = root, rng, stops
+        self.config = workspace(root, rounds=rounds)
         self._reference_s: dict[str, float] = {}
 
-    def _stop(self) -> tuple[str | None, float | None, str]:
+    def _random_stop(self) -> tuple[str | None, str]:
         """A random stop: a timer (a third of the time) or a named point with a random count."""
         if self.rng.random() < 1 / 3:
-            return None, None, "timer"
+            return None, "timer"
         point = self.rng.choice(POINTS)
         count = 1 if point == "startup" else self.rng.randint(1, {"step": 8, "write": 8, "eval": 4}.get(point, 3))
-        return f"{point}:{count}", None, point
+        return f"{point}:{count}", point
 
     def _stopped_until_done(self, result: JobResult, kills: int, first: list[str], again: list[str],
                             reference_s: float) -> None:
-        """Launch `first`, then `again`, stopping each launch until `kills` stops happened; then run to the end."""
+        """Launch `first`, then `again`, stopping each launch until `kills` stops happened (or, with `self.stops`,
+        at those points in turn); then run to the end."""
         args = first
-        while result.kills < kills and result.launches < 6 * kills:
-            kill_at, _, kind = self._stop()
+        planned = list(self.stops) if self.stops else None
+        while (planned if planned is not None else result.kills < kills) and result.launches < 6 * kills:
+            kill_at, kind = (planned.pop(0), "") if planned else self._random_stop()
+            kind = kind or kill_at.split(":")[0]
             timer = self.rng.uniform(0.5, max(1.0, reference_s)) if kind == "timer" else None
             rc = dept(*args, kill_at=kill_at, timer_s=timer)
             result.launches += 1
@@ -176,7 +184,7 @@ class Campaign:
                 result.kinds[kind] = result.kinds.get(kind, 0) + 1
             else:  # it ended before its stop: the next launches resume a finished job (stops there count too)
                 result.ran_to_end += 1
-        dept(*again)
+        dept(*args)
         result.launches += 1
 
     def _timed(self, *args: str) -> float:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from dept import failpoints
 from dept.algorithm.runtime import resolve_device, seeded_generator
 from dept.algorithm.schedule import learning_rate
 from dept.algorithm.source_store import flatten_optimizer, unflatten_optimizer
@@ -208,6 +209,10 @@ class Consolidator:
         call with progress saved (result.finished False), as a stopped job would."""
         plan, cfg = self.plan, self.cfg
         if is_model_folder(self.out) and not self.progress_dir.exists():
+            finished = self._finished() if resume else None
+            if finished is not None:  # a resume of a consolidation that ended (e.g. stopped just after it ended)
+                self.log(f"{self.out}: this consolidation has finished; nothing to resume")
+                return finished
             raise DeptError(f"{self.out} already holds a consolidated model: delete it or choose --out")
         if self.progress_dir.exists() and not resume:
             raise DeptError(f"{self.out}: an unfinished consolidation is there ({self.progress_dir}): "
@@ -233,6 +238,7 @@ class Consolidator:
                               cfg.train.precision)
             losses.append(float(loss))
             done_here += 1
+            failpoints.reached("step")
             if (step + 1) % every == 0 or step + 1 == plan.steps:
                 rate = done_here / (time.perf_counter() - t0)
                 self.log(f"  step {step + 1}/{plan.steps}  loss {losses[-1]:.4f}  "
@@ -245,6 +251,18 @@ class Consolidator:
             if done_here == stop_after and step + 1 < plan.steps:
                 return ConsolidationResult(self.out, self.models.variant, plan, [], losses, finished=False)
         return self._finish(lm, losses)
+
+    def _finished(self) -> ConsolidationResult | None:
+        """The result written in the output folder, where it is this consolidation's (same run and plan)."""
+        try:
+            done = json.loads((self.out / "consolidation.json").read_text())
+            plan = ConsolidationPlan(**done["plan"])
+            rows = [SourceRow(**r) for r in done["rows"]]
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        if plan != self.plan or done.get("variant") != self.models.variant:
+            return None
+        return ConsolidationResult(self.out, self.models.variant, plan, rows, done.get("losses", []))
 
     def _finish(self, lm: LanguageModel, losses: list[float]) -> ConsolidationResult:
         before = self.before

@@ -1,0 +1,45 @@
+"""SIGKILL anywhere, resume, and the run ends bitwise equal to one never stopped (`campaigns/kill.py` is the long
+campaign at random moments; this is its quick subset, with the stops at named points inside the processes).
+
+Each stop is a real SIGKILL of a real `dept` process: in a local step, inside an atomic write after its bytes
+reached the disk, in the middle of a metrics line, after a source's evaluation, between a folder's two renames.
+"""
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "campaigns"))
+from kill import Campaign  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    def make(stops):
+        root = tmp_path_factory.mktemp("kill")
+        c = Campaign(root, random.Random(0), stops=stops, rounds=4)
+        c.prepare_reference()
+        return c
+    return make
+
+
+@pytest.mark.parametrize("job,stops", [
+    ("spec_opt", ["step:5", "write:6", "metrics:2", "eval:2"]),
+    ("trim_nesterov", ["write:9", "step:7"]),
+    ("std", ["metrics:3", "write:4"]),
+])
+def test_a_killed_run_resumes_to_the_uninterrupted_result(campaign, job, stops):
+    result = campaign(stops).run(job, kills=len(stops))
+    assert result.kills == len(stops), result  # every planned stop happened
+    assert result.differences == [], result.differences  # checkpoints, source states, metrics, results
+
+
+def test_a_killed_prepare_and_consolidation_end_as_if_never_stopped(campaign):
+    c = campaign(["write:2", "write:4"])  # a source's meta.json, then (prepared again from the start) another's
+    result = c.run("prepare", kills=2)
+    assert result.kills == 2 and result.differences == [], result
+    c.stops = ["write:2", "step:10"]
+    result = c.run("consolidate", kills=2)
+    assert result.kills == 2 and result.differences == [], result
