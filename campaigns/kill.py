@@ -30,7 +30,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-POINTS = ("step", "write", "publish", "eval", "metrics", "startup")
+# Where each job may be stopped: a named point and the highest count drawn (a count the job surely reaches before
+# it ends, so every stop falls inside the job), besides timers.
+STOPS = {
+    "train": {"step": 8, "write": 12, "metrics": 2, "eval": 4, "startup": 1},
+    "prepare": {"write": 5, "publish": 2},
+    "consolidate": {"step": 8, "write": 3},
+    "adapt": {"write": 1, "step": 12},
+}
 TRAIN_JOBS = {  # name: overrides of the base config
     "spec_opt": ["train.variant=spec_opt"],
     "trim_nesterov": ["train.variant=trim", "train.outer.kind=nesterov", "train.outer.lr=0.7",
@@ -140,6 +147,7 @@ class JobResult:
     kills: int = 0
     launches: int = 0
     ran_to_end: int = 0  # launches that ended before their stop came
+    stops_before_end: int = 0  # stops while the job had not yet ended once (the others hit a finished job)
     kinds: dict[str, int] = field(default_factory=dict)
     differences: list[str] = field(default_factory=list)
     wall_s: float = 0.0
@@ -158,22 +166,21 @@ class Campaign:
         self.config = workspace(root, rounds=rounds)
         self._reference_s: dict[str, float] = {}
 
-    def _random_stop(self) -> tuple[str | None, str]:
-        """A random stop: a timer (a third of the time) or a named point with a random count."""
+    def _random_stop(self, menu: dict[str, int]) -> tuple[str | None, str]:
+        """A random stop: a timer (a third of the time) or a named point of `menu` with a random count."""
         if self.rng.random() < 1 / 3:
             return None, "timer"
-        point = self.rng.choice(POINTS)
-        count = 1 if point == "startup" else self.rng.randint(1, {"step": 8, "write": 8, "eval": 4}.get(point, 3))
-        return f"{point}:{count}", point
+        point = self.rng.choice(sorted(menu))
+        return f"{point}:{self.rng.randint(1, menu[point])}", point
 
     def _stopped_until_done(self, result: JobResult, kills: int, first: list[str], again: list[str],
-                            reference_s: float) -> None:
+                            reference_s: float, menu: dict[str, int]) -> None:
         """Launch `first`, then `again`, stopping each launch until `kills` stops happened (or, with `self.stops`,
-        at those points in turn); then run to the end."""
+        at those points in turn); then run to the end. Timers fall in the first `reference_s` seconds."""
         args = first
         planned = list(self.stops) if self.stops else None
         while (planned if planned is not None else result.kills < kills) and result.launches < 6 * kills:
-            kill_at, kind = (planned.pop(0), "") if planned else self._random_stop()
+            kill_at, kind = (planned.pop(0), "") if planned else self._random_stop(menu)
             kind = kind or kill_at.split(":")[0]
             timer = self.rng.uniform(0.5, max(1.0, reference_s)) if kind == "timer" else None
             rc = dept(*args, kill_at=kill_at, timer_s=timer)
@@ -182,7 +189,8 @@ class Campaign:
             if rc == -signal.SIGKILL:
                 result.kills += 1
                 result.kinds[kind] = result.kinds.get(kind, 0) + 1
-            else:  # it ended before its stop: the next launches resume a finished job (stops there count too)
+                result.stops_before_end += result.ran_to_end == 0
+            else:  # it ended before its stop: later launches resume a finished job (stops there count too)
                 result.ran_to_end += 1
         dept(*args)
         result.launches += 1
@@ -202,7 +210,7 @@ class Campaign:
         base = [str(self.config), *TRAIN_JOBS[job]]
         reference_s = self._timed("train", *base, f"run.dir={ref}")
         self._stopped_until_done(result, kills, ["train", *base, f"run.dir={got}"], ["train", "--resume", str(got)],
-                                 reference_s)
+                                 reference_s / 3, STOPS["train"])
         result.differences = differences(ref, got, skip=(".discarded",))
         result.wall_s = time.perf_counter() - t0
         return result
@@ -212,7 +220,7 @@ class Campaign:
         result = JobResult("prepare")
         got = self.root / "prepared-stopped"
         args = ["prepare", str(self.config), f"data.dir={got}"]
-        self._stopped_until_done(result, kills, args, args, self._reference_s["prepare"])
+        self._stopped_until_done(result, kills, args, args, self._reference_s["prepare"], STOPS["prepare"])
         result.differences = differences(self.root / "prepared", got)
         result.wall_s = time.perf_counter() - t0
         return result
@@ -231,7 +239,7 @@ class Campaign:
         args = ["consolidate", str(run), "--steps", "24", "--device", "cpu"]
         reference_s = self._timed(*args, "--out", str(ref))
         self._stopped_until_done(result, kills, [*args, "--out", str(got)], [*args, "--out", str(got), "--resume"],
-                                 reference_s)
+                                 reference_s, STOPS["consolidate"])
         result.differences = differences(ref, got)
         result.wall_s = time.perf_counter() - t0
         return result
@@ -244,7 +252,8 @@ class Campaign:
         args = ["adapt", str(run), "--source", f"de={self.root / 'corpus' / 'de_bible.jsonl'}", "--steps", "16",
                 "--eval-every", "8", "--device", "cpu"]
         reference_s = self._timed(*args, "--out", str(ref))
-        self._stopped_until_done(result, kills, [*args, "--out", str(got)], [*args, "--out", str(got)], reference_s)
+        self._stopped_until_done(result, kills, [*args, "--out", str(got)], [*args, "--out", str(got)], reference_s,
+                                 STOPS["adapt"])
         result.differences = differences(ref, got)
         result.wall_s = time.perf_counter() - t0
         return result
@@ -264,6 +273,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=12, help="stops per job")
     parser.add_argument("--jobs", default=",".join(JOBS), help=f"comma-separated, of {', '.join(JOBS)}")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=24, help="rounds of the runs stopped (4 local steps each)")
     parser.add_argument("--out", type=Path, default=ROOT / "campaigns" / "results" / "kill.json")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
@@ -272,13 +282,14 @@ def main() -> None:
     t0 = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="dept-kill-") as tmp:
-        campaign = Campaign(Path(tmp), random.Random(args.seed))
+        campaign = Campaign(Path(tmp), random.Random(args.seed), rounds=args.rounds)
         campaign.prepare_reference()
         for job in args.jobs.split(","):
             result = campaign.run(job, args.kills)
             results.append(result)
             status = "equal" if result.passed else f"DIFFERENT: {result.differences[:5]}"
-            print(f"{job}: {result.kills} stops ({result.kinds}) in {result.launches} launches, "
+            print(f"{job}: {result.kills} stops ({result.stops_before_end} before it first ended; {result.kinds}) "
+                  f"in {result.launches} launches, "
                   f"{result.wall_s:.0f} s: {status}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": " ".join(["python", "campaigns/kill.py", *sys.argv[1:]]),

@@ -16,12 +16,18 @@ from kill import Campaign  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory):
+def workspace(tmp_path_factory):
+    """One corpus, prepared once; each test names its stops."""
+    c = Campaign(tmp_path_factory.mktemp("kill"), random.Random(0), rounds=4)
+    c.prepare_reference()
+    return c
+
+
+@pytest.fixture
+def campaign(workspace):
     def make(stops):
-        root = tmp_path_factory.mktemp("kill")
-        c = Campaign(root, random.Random(0), stops=stops, rounds=4)
-        c.prepare_reference()
-        return c
+        workspace.stops = stops
+        return workspace
     return make
 
 
@@ -40,6 +46,6 @@ def test_a_killed_prepare_and_consolidation_end_as_if_never_stopped(campaign):
     c = campaign(["write:2", "write:4"])  # a source's meta.json, then (prepared again from the start) another's
     result = c.run("prepare", kills=2)
     assert result.kills == 2 and result.differences == [], result
-    c.stops = ["write:2", "step:10"]
+    c = campaign(["write:2", "step:10"])
     result = c.run("consolidate", kills=2)
     assert result.kills == 2 and result.differences == [], result

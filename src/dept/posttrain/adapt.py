@@ -15,6 +15,7 @@ OUT/LABEL/ beside `adaptation.json` and the plot `plasticity.png`.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,10 +24,11 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from dept import failpoints
 from dept.algorithm.runtime import resolve_device, seeded_generator
 from dept.algorithm.schedule import learning_rate
 from dept.algorithm.step import build_optimizer, set_learning_rate, train_step
-from dept.atomic_io import write_json_atomic
+from dept.atomic_io import publish_dir, write_json_atomic
 from dept.config import SourceConfig, TokenizerKind
 from dept.data.documents import SplitDocuments, read_source
 from dept.data.stream import WindowStream
@@ -124,6 +126,7 @@ def adapt_run(models: RunModels, source: NewSource, settings: AdaptSettings, lab
     for step in range(settings.steps):
         set_learning_rate(optimizer, learning_rate(step, settings.steps, peak, warmup, t.inner.min_lr_ratio))
         since.append(float(train_step(lm, optimizer, stream.next_batch().to(dev), t.inner.grad_clip, t.precision)))
+        failpoints.reached("step")
         if (step + 1) % settings.eval_every == 0 or step + 1 == settings.steps:
             point(step + 1, since)
             since = []
@@ -205,11 +208,15 @@ def adapt(runs: Sequence[Path], name: str, files: Sequence[str], out: Path | Non
         curves.append(curve)
     result = AdaptResult(out, name, settings, curves, None, documents)
     single = len(runs) == 1
-    out.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")  # written whole, then renamed: a stopped adaptation leaves no half
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     for folder, label in zip(folders, labels, strict=True):
-        folder.save(out if single else out / label)
-    result.plot = plot_curves(curves, out / "plasticity.png", name, settings, log)
-    write_json_atomic(out / "adaptation.json", result.to_dict())
+        folder.save(tmp if single else tmp / label)
+    plot = plot_curves(curves, tmp / "plasticity.png", name, settings, log)
+    result.plot = out / plot.name if plot else None
+    write_json_atomic(tmp / "adaptation.json", result.to_dict())
+    publish_dir(tmp, out)
     print_table = " | ".join(f"{c.label} {c.bpb[0]:.3f} -> {c.bpb[-1]:.3f}" for c in curves)
     log(f"held-out bits/byte, step 0 -> {settings.steps}: {print_table}")
     return result
