@@ -50,7 +50,11 @@ def run_family(env: fc.Env, family: str, n: int, seed: int, record) -> None:
               suppress_health_check=list(HealthCheck))
     @given(case=fc.strategy(family, env))
     def one(case):
-        record(fc.run_case(env, family, case))
+        try:
+            verdict = fc.run_case(env, family, case)
+        except Exception as err:  # noqa: BLE001 - a fault of the harness, not of dept: counted apart
+            verdict = fc.Verdict(family, "harness", f"harness error: {type(err).__name__}: {err}", [], case)
+        record(verdict)
 
     one()
 
@@ -94,7 +98,7 @@ def main() -> int:
                 commands[" ".join(str(a) for a in v.argv[1:2]) or "(none)"] += 1
                 if v.kind == fc.ERROR:
                     messages[error_kind(v.reason)] += 1
-                if v.kind == fc.FAILURE:
+                if v.kind in (fc.FAILURE, "harness"):
                     failures.append(v.to_json())
                     print(f"FAILURE {v.describe()[:1500]}", flush=True)
                 done = sum(counts.values())
@@ -106,12 +110,14 @@ def main() -> int:
             summary[family] = {
                 "cases": sum(counts.values()), "handled": counts[fc.HANDLED],
                 "one_line_errors": counts[fc.ERROR], "failures": counts[fc.FAILURE],
+                "harness_errors": counts["harness"],
                 "wall_s": round(time.perf_counter() - t0, 1), "commands": dict(commands.most_common()),
                 "most_common_errors": dict(messages.most_common(12)),
             }
             print(f"{family}: {json.dumps({k: v for k, v in summary[family].items() if not isinstance(v, dict)})}",
                   flush=True)
-        total = {k: sum(s[k] for s in summary.values()) for k in ("cases", "handled", "one_line_errors", "failures")}
+        total = {k: sum(s[k] for s in summary.values())
+                 for k in ("cases", "handled", "one_line_errors", "failures", "harness_errors")}
         result = {
             "command": "python campaigns/fuzz.py " + " ".join(sys.argv[1:]),
             "property": "each case ends in exit 0 with a checked result, or a one-line error (non-zero exit, one "
@@ -126,7 +132,7 @@ def main() -> int:
         args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"{total['cases']} cases: {total['handled']} handled, {total['one_line_errors']} one-line errors, "
               f"{total['failures']} failures in {result['wall_s']:.0f}s -> {args.out}")
-        return 1 if total["failures"] else 0
+        return 1 if total["failures"] or total["harness_errors"] else 0
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -107,8 +107,11 @@ class SourceStore:
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
             raise CheckpointError(f"{tensors_path}: damaged source state ({err})") from None
         embedding = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("embedding.")}
-        optimizer = unflatten_optimizer(tensors, meta["optimizer"]) if meta["optimizer"] else None
-        streams = {k: StreamPosition(**v) for k, v in meta["streams"].items()}
+        try:
+            optimizer = unflatten_optimizer(tensors, meta["optimizer"]) if meta["optimizer"] else None
+            streams = {k: StreamPosition(**v) for k, v in meta["streams"].items()}
+        except (TypeError, ValueError, KeyError, AttributeError) as err:  # fields renamed or retyped by damage
+            raise CheckpointError(f"{meta_path}: damaged source state ({type(err).__name__}: {err})") from None
         residual = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("residual.")}
         return SourceState(embedding, optimizer, streams, meta["extra"], meta["rounds_trained"], residual)
 

@@ -180,6 +180,8 @@ def adapt(runs: Sequence[Path], name: str, files: Sequence[str], out: Path | Non
         raise DeptError(f"--lr {settings.lr}: must be a positive number")
     if not 0 <= settings.seed < 2**63:
         raise DeptError(f"--seed {settings.seed}: must be in [0, 2**63)")
+    if vocab_size is not None and not 300 <= vocab_size <= 1 << 20:
+        raise DeptError(f"--vocab-size {vocab_size}: must be in [300, {1 << 20}] (as tokenizer.per_source.vocab_size)")
     all_models = [RunModels(r) for r in runs]  # every run checked before any work
     first = all_models[0].cfg
     if name in {s.name for m in all_models for s in m.cfg.trained_sources}:

@@ -109,6 +109,8 @@ def plan_consolidation(models: RunModels, fraction: float = DEFAULT_FRACTION, st
         raise DeptError(f"--steps {steps}: must be at least 1")
     if lr is not None and not 0 < lr < math.inf:
         raise DeptError(f"--lr {lr}: must be a positive number")
+    if batch_size is not None and batch_size < 1:
+        raise DeptError(f"--batch-size {batch_size}: must be at least 1")
     from_run_table = models.spec.has_global_embedding
     peak = lr if lr is not None else t.inner.lr * (0.5 if from_run_table else 1.0)
     return ConsolidationPlan(steps=steps, peak_lr=peak, warmup_steps=min(t.inner.warmup_steps, steps // 10),
