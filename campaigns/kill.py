@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Where each job may be stopped: a named point and the highest count drawn (a count the job surely reaches before
 # it ends, so every stop falls inside the job), besides timers.
 STOPS = {
-    "train": {"step": 8, "write": 12, "metrics": 2, "eval": 4, "startup": 1},
+    "train": {"step": 24, "write": 36, "metrics": 6, "eval": 8, "startup": 1},  # 24 rounds: ~1.5 rounds a stop
     "prepare": {"write": 5, "publish": 2},
-    "consolidate": {"step": 8, "write": 3},
+    "consolidate": {"step": 12, "write": 3},  # 96 steps, progress saved every 9
     "adapt": {"write": 1, "step": 12},
 }
 TRAIN_JOBS = {  # name: overrides of the base config
@@ -182,7 +182,7 @@ class Campaign:
         while (planned if planned is not None else result.kills < kills) and result.launches < 6 * kills:
             kill_at, kind = (planned.pop(0), "") if planned else self._random_stop(menu)
             kind = kind or kill_at.split(":")[0]
-            timer = self.rng.uniform(0.5, max(1.0, reference_s)) if kind == "timer" else None
+            timer = self.rng.uniform(0.5, max(1.0, 0.8 * reference_s)) if kind == "timer" else None
             rc = dept(*args, kill_at=kill_at, timer_s=timer)
             result.launches += 1
             args = again
@@ -210,7 +210,7 @@ class Campaign:
         base = [str(self.config), *TRAIN_JOBS[job]]
         reference_s = self._timed("train", *base, f"run.dir={ref}")
         self._stopped_until_done(result, kills, ["train", *base, f"run.dir={got}"], ["train", "--resume", str(got)],
-                                 reference_s / 3, STOPS["train"])
+                                 reference_s / 2, STOPS["train"])
         result.differences = differences(ref, got, skip=(".discarded",))
         result.wall_s = time.perf_counter() - t0
         return result
@@ -236,7 +236,7 @@ class Campaign:
         result = JobResult("consolidate")
         run = self._finished_run()
         ref, got = self.root / "consolidated-reference", self.root / "consolidated-stopped"
-        args = ["consolidate", str(run), "--steps", "24", "--device", "cpu"]
+        args = ["consolidate", str(run), "--steps", "96", "--device", "cpu"]
         reference_s = self._timed(*args, "--out", str(ref))
         self._stopped_until_done(result, kills, [*args, "--out", str(got)], [*args, "--out", str(got), "--resume"],
                                  reference_s, STOPS["consolidate"])

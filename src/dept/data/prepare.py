@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from dept.atomic_io import publish_dir, write_json_atomic, write_text_atomic
+from dept.atomic_io import publish_dir, remove_leftovers, write_json_atomic, write_text_atomic
 from dept.config import Config, SourceConfig
 from dept.data.documents import SplitDocuments, input_signature, read_source
 from dept.data.integrity import checksums, damaged
@@ -213,6 +213,8 @@ def prepare(cfg: Config, log=print, force: bool = False, show_progress: bool = F
     out.mkdir(parents=True, exist_ok=True)
     lock = FolderLock(out, "dept prepare", log).acquire()  # one writer of the data folder at a time
     try:
+        for path in remove_leftovers(out):
+            log(f"removed {path.relative_to(out)}, left by a write that was stopped")
         if redo_global and given is not None:
             log(f"using the global tokenizer {global_cfg.path} ({given.get_vocab_size()} tokens)")
             write_text_atomic(global_path, given.to_str())
