@@ -49,7 +49,7 @@ def test_data_files(world, data):
     check(world, "data", data.draw(fc.strategy("data", world)))
 
 
-@settings(QUICK, max_examples=25)
+@settings(QUICK, max_examples=15)
 @given(data=st.data())
 def test_cli_options(world, data):
     check(world, "cli", data.draw(fc.strategy("cli", world)))
