@@ -164,6 +164,7 @@ class Campaign:
         """`stops`: stop at these points in turn (`step:3`...) instead of at random moments."""
         self.root, self.rng, self.stops = root, rng, stops
         self.config = workspace(root, rounds=rounds)
+        self.consolidate_steps = 96 if rounds >= 24 else 24  # progress is saved every tenth
         self._reference_s: dict[str, float] = {}
 
     def _random_stop(self, menu: dict[str, int]) -> tuple[str | None, str]:
@@ -236,7 +237,7 @@ class Campaign:
         result = JobResult("consolidate")
         run = self._finished_run()
         ref, got = self.root / "consolidated-reference", self.root / "consolidated-stopped"
-        args = ["consolidate", str(run), "--steps", "96", "--device", "cpu"]
+        args = ["consolidate", str(run), "--steps", str(self.consolidate_steps), "--device", "cpu"]
         reference_s = self._timed(*args, "--out", str(ref))
         self._stopped_until_done(result, kills, [*args, "--out", str(got)], [*args, "--out", str(got), "--resume"],
                                  reference_s, STOPS["consolidate"])
