@@ -302,8 +302,10 @@ def check_same_training(saved: Config, cfg: Config, where: Path) -> None:
 def run_training(cfg: Config, resume: bool = False, log=print, from_checkpoint: int | None = None) -> bool:
     """Train with the engine the config names; True where this process wrote the run folder (rank 0)."""
     if engine_kind(cfg) == "flower":
+        from dept.engines.flower_app import refuse_pooled
         from dept.engines.flower_simulation import train_in_simulation
 
+        refuse_pooled(round_participants(cfg, spec_of(cfg.train.variant)))  # before a simulation starts
         if resume and from_checkpoint is not None:
             RunFolder(cfg.run_dir).fall_back_to(from_checkpoint)
 

@@ -56,6 +56,13 @@ from dept.eval.validation import SourceEvaluator  # noqa: E402
 # ---- the site ---------------------------------------------------------------------------------------------------
 
 
+
+def refuse_pooled(participants: list[Participant]) -> None:
+    """A federation never pools data: a participant that mixes every source's batches has no site."""
+    if any(isinstance(p, Mixture) for p in participants):
+        raise EngineError("STD/ACT train one model on every source's data, which a federation never pools: "
+                          "run the baselines with train.engine=local or torchrun")
+
 class Site:
     """What one SuperNode serves, built for each message from the run's config and the node's own config."""
 
@@ -128,9 +135,7 @@ class FlowerGridEngine:
         return replies
 
     def profiles(self, participants: list[Participant]) -> list[SourceProfile]:
-        if any(isinstance(p, Mixture) for p in participants):
-            raise EngineError("STD/ACT train one model on every source's data, which a federation never pools: "
-                              "run the baselines with train.engine=local or torchrun")
+        refuse_pooled(participants)
         wanted = {p.key for p in participants}
         found: dict[str, SourceProfile] = {}
         asked: set[int] = set()
