@@ -34,6 +34,22 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable: without it a power cut can undo a rename whose file was already synced.
+    (Where folders cannot be opened, e.g. on Windows, the rename is as durable as the OS makes it.)"""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -87,6 +103,7 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
             old.unlink(missing_ok=True)
     else:
         os.replace(tmp_dir, final_dir)
+    fsync_dir(final_dir.parent)
 
 
 def remove_leftovers(folder: Path) -> list[Path]:
