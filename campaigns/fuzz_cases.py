@@ -29,7 +29,6 @@ import io
 import json
 import math
 import os
-import random
 import re
 import shutil
 import sys
@@ -47,21 +46,12 @@ FAMILIES = ("config", "overrides", "data", "cli", "run_folder")
 
 # ---- the tiny world every case starts from ------------------------------------------------------------------------
 
-WORDS = {
-    "en": "the of and to in is was that for it with as his on be at by this had not are but from".split(),
-    "fr": "le la les de des et en un une est que qui dans pour pas sur au avec il elle nous vous".split(),
-    "ru": "и в не на что я с он как это по но они к у же вы за бы от".split(),
-    "code": ["def", "return", "if", "else:", "for", "in", "range(", ")", "x", "y", "=", "+", "\n    ", "import"],
-}
+def write_corpus(root: Path) -> None:
+    """The test suite's tiny corpus (tests/conftest.py), smaller: four sources of random common words."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import write_corpus as write_test_corpus
 
-
-def write_corpus(root: Path, docs: int = 20, words: int = 60) -> None:
-    rng = random.Random(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for name, vocab in WORDS.items():
-        with open(root / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            for _ in range(docs):
-                f.write(json.dumps({"text": " ".join(rng.choice(vocab) for _ in range(words))}) + "\n")
+    write_test_corpus(root, docs_per_source=20, words_per_doc=60)
 
 
 def tiny_tree(corpus: Path, data_dir: str, run_dir: str) -> dict:
@@ -370,27 +360,9 @@ PATH_KEYS = ("run.dir", "data.dir", "files", "hf_dataset", "data.tokenizer.globa
 
 def schema_leaves() -> dict[str, Any]:
     """Every settable key of a config ("data.sources.0.name" for the sources) -> its pydantic FieldInfo."""
-    from dept.config import Config
+    from dept.config import setting_fields
 
-    leaves: dict[str, Any] = {}
-
-    def walk(model, prefix: str) -> None:
-        for name, fld in model.model_fields.items():
-            if name == "base_dir":
-                continue
-            key = f"{prefix}{fld.alias or name}"
-            ann = fld.annotation
-            if hasattr(ann, "model_fields"):
-                walk(ann, key + ".")
-            elif getattr(ann, "__args__", None) and hasattr(ann.__args__[0], "model_fields"):
-                leaves[key] = fld
-                for i in range(4):
-                    walk(ann.__args__[0], f"{key}.{i}.")
-            else:
-                leaves[key] = fld
-
-    walk(Config, "")
-    return leaves
+    return dict(setting_fields(entries=(".0", ".1", ".2", ".3")))
 
 
 LEAVES = schema_leaves()

@@ -204,27 +204,27 @@ class Campaign:
     def prepare_reference(self) -> None:
         self._reference_s["prepare"] = self._timed("prepare", str(self.config))
 
-    def train_job(self, job: str, kills: int) -> JobResult:
+    def _job(self, job: str, kills: int, reference: Path, got: Path, first: list[str], again: list[str],
+             reference_s: float, skip: tuple[str, ...] = ()) -> JobResult:
+        """Stop `first`/`again` launches writing `got`, then compare it with `reference` file by file."""
         t0 = time.perf_counter()
         result = JobResult(job)
-        ref, got = self.root / f"{job}-reference", self.root / f"{job}-stopped"
-        base = [str(self.config), *TRAIN_JOBS[job]]
-        reference_s = self._timed("train", *base, f"run.dir={ref}")
-        self._stopped_until_done(result, kills, ["train", *base, f"run.dir={got}"], ["train", "--resume", str(got)],
-                                 reference_s / 2, STOPS["train"])
-        result.differences = differences(ref, got, skip=(".discarded",))
+        self._stopped_until_done(result, kills, first, again, reference_s, STOPS["train" if job in TRAIN_JOBS else job])
+        result.differences = differences(reference, got, skip=skip)
         result.wall_s = time.perf_counter() - t0
         return result
 
+    def train_job(self, job: str, kills: int) -> JobResult:
+        ref, got = self.root / f"{job}-reference", self.root / f"{job}-stopped"
+        base = [str(self.config), *TRAIN_JOBS[job]]
+        reference_s = self._timed("train", *base, f"run.dir={ref}")
+        return self._job(job, kills, ref, got, ["train", *base, f"run.dir={got}"], ["train", "--resume", str(got)],
+                         reference_s / 2, skip=(".discarded",))
+
     def prepare_job(self, kills: int) -> JobResult:
-        t0 = time.perf_counter()
-        result = JobResult("prepare")
         got = self.root / "prepared-stopped"
         args = ["prepare", str(self.config), f"data.dir={got}"]
-        self._stopped_until_done(result, kills, args, args, self._reference_s["prepare"], STOPS["prepare"])
-        result.differences = differences(self.root / "prepared", got)
-        result.wall_s = time.perf_counter() - t0
-        return result
+        return self._job("prepare", kills, self.root / "prepared", got, args, args, self._reference_s["prepare"])
 
     def _finished_run(self) -> Path:
         run = self.root / "spec_opt-reference"
@@ -232,32 +232,21 @@ class Campaign:
             dept("train", str(self.config), *TRAIN_JOBS["spec_opt"], f"run.dir={run}")
         return run
 
-    def consolidate_job(self, kills: int) -> JobResult:
-        t0 = time.perf_counter()
-        result = JobResult("consolidate")
-        run = self._finished_run()
-        ref, got = self.root / "consolidated-reference", self.root / "consolidated-stopped"
-        args = ["consolidate", str(run), "--steps", str(self.consolidate_steps), "--device", "cpu"]
+    def _model_job(self, job: str, kills: int, args: list[str], folder: str, resume: list[str]) -> JobResult:
+        """A post-training command writing a model folder (`--out`); `resume`: what a relaunch adds."""
+        ref, got = self.root / f"{folder}-reference", self.root / f"{folder}-stopped"
         reference_s = self._timed(*args, "--out", str(ref))
-        self._stopped_until_done(result, kills, [*args, "--out", str(got)], [*args, "--out", str(got), "--resume"],
-                                 reference_s, STOPS["consolidate"])
-        result.differences = differences(ref, got)
-        result.wall_s = time.perf_counter() - t0
-        return result
+        return self._job(job, kills, ref, got, [*args, "--out", str(got)], [*args, "--out", str(got), *resume],
+                         reference_s)
+
+    def consolidate_job(self, kills: int) -> JobResult:
+        args = ["consolidate", str(self._finished_run()), "--steps", str(self.consolidate_steps), "--device", "cpu"]
+        return self._model_job("consolidate", kills, args, "consolidated", ["--resume"])
 
     def adapt_job(self, kills: int) -> JobResult:
-        t0 = time.perf_counter()
-        result = JobResult("adapt")
-        run = self._finished_run()
-        ref, got = self.root / "adapted-reference", self.root / "adapted-stopped"
-        args = ["adapt", str(run), "--source", f"de={self.root / 'corpus' / 'de_bible.jsonl'}", "--steps", "16",
-                "--eval-every", "8", "--device", "cpu"]
-        reference_s = self._timed(*args, "--out", str(ref))
-        self._stopped_until_done(result, kills, [*args, "--out", str(got)], [*args, "--out", str(got)], reference_s,
-                                 STOPS["adapt"])
-        result.differences = differences(ref, got)
-        result.wall_s = time.perf_counter() - t0
-        return result
+        args = ["adapt", str(self._finished_run()), "--source", f"de={self.root / 'corpus' / 'de_bible.jsonl'}",
+                "--steps", "16", "--eval-every", "8", "--device", "cpu"]
+        return self._model_job("adapt", kills, args, "adapted", [])  # no resume: run again from the start
 
     def run(self, job: str, kills: int) -> JobResult:
         if job == "prepare":

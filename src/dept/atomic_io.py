@@ -106,11 +106,18 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> None:
     fsync_dir(final_dir.parent)
 
 
+def is_leftover(path: Path) -> bool:
+    """What a stopped write leaves: a temporary file or folder (`.NAME.*.tmp`, `.NAME.tmp`, `NAME.tmp`) or the
+    `.old` folder of an interrupted `publish_dir`."""
+    name = path.name
+    return (name.endswith(".tmp") and (name.startswith(".") or path.is_dir())) or \
+        (path.is_dir() and name.endswith(".old"))
+
+
 def remove_leftovers(folder: Path) -> list[Path]:
-    """Delete what killed writes left under `folder`: temporary files and folders (`.NAME.*.tmp`, `.NAME.tmp`,
-    `NAME.tmp`) and `.old` folders of an interrupted `publish_dir` (put back in place where the new one is
-    missing). Call it only while holding the folder's lock
-    (no other writer can be mid-write). Returns what was removed."""
+    """Delete what stopped writes left under `folder` (`is_leftover`); an `.old` folder whose replacement never
+    arrived is put back in place instead. Call it only while holding the folder's lock (no other writer can be
+    mid-write). Returns what was removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -120,10 +127,7 @@ def remove_leftovers(folder: Path) -> list[Path]:
         if old.is_dir() and not final.exists():
             os.replace(old, final)
     for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        name = path.name
-        stale = (name.endswith(".tmp") and (name.startswith(".") or path.is_dir())) or \
-            (path.is_dir() and name.endswith(".old") and path.with_name(name[:-4]).exists())
-        if not stale or not path.exists():
+        if not path.exists() or not is_leftover(path):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

@@ -522,31 +522,20 @@ def flower_run(config: ConfigPath, overrides: Overrides = None,
 @app.command()
 def settings() -> None:
     """Every config key, with its type, default and meaning."""
-    from dept.config import Config
+    from dept.config import setting_fields
 
     table = Table(title="config keys (YAML sections; override any with key.path=value)")
     for col in ("key", "type", "default", "meaning"):
         table.add_column(col)
 
-    def walk(model, prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            if name == "base_dir":
-                continue
-            key = f"{prefix}{field.alias or name}"
-            ann = field.annotation
-            sub = getattr(ann, "model_fields", None)
-            if sub is not None:
-                walk(ann, key + ".")
-                continue
-            if getattr(ann, "__args__", None) and hasattr(ann.__args__[0], "model_fields"):
-                walk(ann.__args__[0], key + "[].")
-                continue
-            default = "" if field.is_required() else field.get_default(call_default_factory=True)
-            default = repr(getattr(default, "value", default)) if default != "" else ""
-            table.add_row(key, getattr(ann, "__name__", str(ann)).replace("typing.", ""), default,
-                          field.description or "")
-
-    walk(Config, "")
+    for key, field in setting_fields():
+        ann = field.annotation
+        if getattr(ann, "__args__", None) and hasattr(ann.__args__[0], "model_fields"):
+            continue  # a list of sections: its fields follow as KEY[].FIELD
+        default = "" if field.is_required() else field.get_default(call_default_factory=True)
+        default = repr(getattr(default, "value", default)) if default != "" else ""
+        table.add_row(key, getattr(ann, "__name__", str(ann)).replace("typing.", ""), default,
+                      field.description or "")
     console.print(table)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -322,6 +323,26 @@ class Config(Strict):
         d.pop("eval", None)
         d.pop("flower", None)
         return d
+
+
+def setting_fields(entries: tuple[str, ...] = ("[]",), model: Any = None,
+                   prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, pydantic field) of every setting. A list of sections (`data.sources`) is given as itself, then
+    its fields once per entry of `entries`: `data.sources[].name` by default, `data.sources.0.name` with
+    `entries=(".0",)`."""
+    for name, field in (model or Config).model_fields.items():
+        if name == "base_dir":
+            continue
+        key = f"{prefix}{field.alias or name}"
+        ann = field.annotation
+        if hasattr(ann, "model_fields"):
+            yield from setting_fields(entries, ann, key + ".")
+        elif getattr(ann, "__args__", None) and hasattr(ann.__args__[0], "model_fields"):
+            yield key, field
+            for entry in entries:
+                yield from setting_fields(entries, ann.__args__[0], f"{key}{entry}.")
+        else:
+            yield key, field
 
 
 def flatten_settings(tree: Any, expand_lists: bool = True, prefix: str = "") -> dict[str, Any]:

@@ -42,6 +42,7 @@ def doctor(folder: Path) -> list[Finding]:
 # ---- shared -------------------------------------------------------------------------------------------------------
 
 def _lock_and_leftovers(folder: Path) -> list[Finding]:
+    from dept.atomic_io import is_leftover
     from dept.folder_lock import LOCK_NAME, FolderLock
 
     found = []
@@ -55,9 +56,7 @@ def _lock_and_leftovers(folder: Path) -> list[Finding]:
         else:
             found.append(Finding(NOTE, lock, "left by a process that is gone: the next dept command takes it over"))
     for path in sorted(folder.rglob("*")):
-        name = path.name
-        if (name.endswith(".tmp") and (name.startswith(".") or path.is_dir())) or \
-                (path.is_dir() and name.endswith(".old")):
+        if is_leftover(path):
             found.append(Finding(NOTE, path, "left by a stopped write: the next `dept train --resume` or "
                                              "`dept prepare` cleans it up"))
     return found
