@@ -200,6 +200,15 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(1, ge=1, description="Checkpoint every this many rounds")
     keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept")
     threads: int = Field(0, ge=0, description="torch CPU threads (0 = all cores; at most the machine's)")
+    ranks_per_source: int = Field(1, ge=1, description="torchrun: ranks that train one source together, data "
+                                  "parallel (each takes an equal share of every batch; gradients all-reduced each "
+                                  "step). The world splits into world/ranks_per_source groups; source k belongs to "
+                                  "group k mod groups. STD/ACT train their one model on every rank")
+    micro_batch_size: int = Field(0, ge=0, description="Sequences per forward/backward pass; a rank's share of "
+                                  "the batch is accumulated over as many passes as it takes (0 = one pass)")
+    activation_checkpointing: bool = Field(False, description="Keep only each block's input in the forward pass "
+                                           "and recompute the block in the backward pass (less activation "
+                                           "memory, about a third more compute; the same numbers)")
     on_nonfinite: str = Field("skip", pattern="^(skip|stop)$", description="A source whose loss or update is NaN "
                               "or infinite: skip (leave its update out of the round, keep its state as it was, "
                               "log a `nonfinite` event) or stop (before the round is aggregated; resume later)")
@@ -313,7 +322,9 @@ class Config(Strict):
         d["train"] = {k: v for k, v in d["train"].items() if k not in ("checkpoint_every", "keep_checkpoints",
                                                                        "device", "threads", "engine", "speed",
                                                                        "min_sources", "round_retries",
-                                                                       "on_nonfinite")}
+                                                                       "on_nonfinite", "ranks_per_source",
+                                                                       "micro_batch_size",
+                                                                       "activation_checkpointing")}
         if d["data"]["tokenizer"]["global"]["seed"] is None:  # as before the option existed
             d["data"]["tokenizer"]["global"].pop("seed")
         if d["train"]["compression"] != "int8":  # only int8 has scales

@@ -285,7 +285,8 @@ def _duration(seconds: float) -> str:
 
 RESUMABLE_CHANGES = ("run.dir", "data.dir", "train.device", "train.threads", "train.speed", "train.engine",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.min_sources", "train.round_retries",
-                     "train.on_nonfinite",
+                     "train.on_nonfinite", "train.ranks_per_source", "train.micro_batch_size",
+                     "train.activation_checkpointing",
                      "eval.*", "flower.*")
 
 
