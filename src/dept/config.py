@@ -278,6 +278,11 @@ class Config(Strict):
     def sources_per_round(self) -> int:
         return self.train.sources_per_round or len(self.trained_sources)
 
+    @property
+    def std_batch_size(self) -> int:
+        """STD/ACT's batch: `train.std_batch_size`, or as many sequences per step as a DEPT round's sources."""
+        return self.train.std_batch_size or self.train.batch_size * self.sources_per_round
+
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()
         return (p if p.is_absolute() else Path(self.base_dir) / p).resolve()

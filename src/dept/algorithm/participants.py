@@ -80,7 +80,7 @@ class LocalData:
         for s, stream in zip(sources, streams, strict=True):
             stream.seek(positions.get(s.name, StreamPosition()))
         counts = [self.data.source(s.name).n_tokens(GLOBAL, "train") for s in sources]
-        batch = t.std_batch_size or t.batch_size * self.cfg.sources_per_round
+        batch = self.cfg.std_batch_size
         mix = MixtureStream(streams, MixtureStream.temperature_weights(counts, t.std_temperature), batch,
                             self.cfg.run.seed)
         mix.step = mixture_step

@@ -15,6 +15,7 @@ training (optimizer, schedule) runs on, which is what makes the body, not the em
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -22,13 +23,14 @@ import torch
 from dept import failpoints
 from dept.algorithm.compression import upload_compression
 from dept.algorithm.participants import LocalData
+from dept.algorithm.replicas import Replicas, batch_share
 from dept.algorithm.runtime import seeded_generator
 from dept.algorithm.schedule import learning_rate
 from dept.algorithm.source_store import SourceState, SourceStore
 from dept.algorithm.speed import optimizer_kwargs, resolve_mode, speed_up
 from dept.algorithm.step import build_optimizer, set_learning_rate, train_step
 from dept.algorithm.tables import own_embedding, received_embedding
-from dept.algorithm.types import Assignment, Mixture, SourceProfile, WorkerUpdate
+from dept.algorithm.types import Assignment, Mixture, Participant, SourceProfile, WorkerUpdate
 from dept.algorithm.variants import VariantSpec
 from dept.config import Config
 from dept.data.stream import MixtureStream
@@ -70,6 +72,9 @@ class Worker:
         self.speed = resolve_mode(cfg.train.speed, device, cfg.train.rounds * cfg.train.local_steps)
         self.progress = None  # a log function: a line every `progress_every_s` inside a long round
         self.progress_every_s = 15.0
+        # participant -> the `Replicas` training it with this process (None: this process alone); set by an
+        # engine that trains one participant on several processes (see `dept.algorithm.replicas`)
+        self.replicas: Callable[[Participant], Replicas | None] | None = None
 
     @property
     def _keeps_optimizer_state(self) -> bool:
@@ -86,15 +91,23 @@ class Worker:
         t0 = time.perf_counter()
         cfg, tcfg, plan = self.cfg, self.cfg.train, assignment.plan
         participant = assignment.participant
+        replicas = self.replicas(participant) if self.replicas is not None else None
+        reports = replicas is None or replicas.index == 0  # saves the state, sends the tensors
+        share = batch_share(replicas)
         profile = self.data.profile(participant)
         state = self.store.load_after(participant.key, assignment.state_round)
         with self.device:  # built where it trains: on a GPU the throw-away random init costs nothing
             body = Body(cfg.model)
             embedding = self.build_embedding(profile, assignment, state)
         body.load_state_dict(assignment.download.body)
+        body.checkpoint_blocks = tcfg.activation_checkpointing
         lm = LanguageModel(body, embedding)
         lm.train()
         fast = speed_up(lm, self.speed, self.device)  # lm itself, or a faster view of its parameters
+        eager = lm
+        if replicas is not None:  # gradients averaged across the replicas in each backward
+            fast = replicas.wrap(fast, lm)
+            eager = fast.eager
         optimizer = build_optimizer(lm.parameters(), tcfg.inner, self.device,
                                     **optimizer_kwargs(self.device, self.speed))
         if self._keeps_optimizer_state and state is not None and state.optimizer is not None:
@@ -113,16 +126,16 @@ class Worker:
                 self._forget_embedding(embedding, optimizer, step)
             set_learning_rate(optimizer, learning_rate(step, plan.total_steps, tcfg.inner.lr,
                                                        tcfg.inner.warmup_steps, tcfg.inner.min_lr_ratio))
-            batch = stream.next_batch().to(self.device, non_blocking=True)
+            batch = stream.next_batch(share).to(self.device, non_blocking=True)
             hook = body.blocks[-1].register_forward_hook(_activation_norm(activation)) \
                 if i == plan.local_steps - 1 else None
             # compiled code ignores hooks added after it was compiled: the hooked (last) step runs eagerly
-            losses.append(train_step(lm if hook is not None else fast, optimizer, batch, tcfg.inner.grad_clip,
-                                     tcfg.precision, grad_norms))
+            losses.append(train_step(eager if hook is not None else fast, optimizer, batch, tcfg.inner.grad_clip,
+                                     tcfg.precision, grad_norms, tcfg.micro_batch_size))
             if hook is not None:
                 hook.remove()
             failpoints.reached("step")
-            tokens += batch.shape[0] * (batch.shape[1] - 1)
+            tokens += stream.batch_size * (batch.shape[1] - 1)  # the whole batch's, whatever share read here
             if self.progress is not None and i + 1 < plan.local_steps and \
                     time.perf_counter() - last_line >= self.progress_every_s:
                 last_line = now = time.perf_counter()
@@ -132,17 +145,21 @@ class Worker:
 
         body_out = {k: v.detach().to("cpu", copy=True) for k, v in body.state_dict().items()}
         table = self.spec.upload(embedding.tensors(), embedding.global_ids)
-        values = torch.stack(losses).float().tolist()
+        loss_values = torch.stack(losses).float()
+        act = torch.stack(activation).float().mean() if activation else torch.tensor(float("nan"))
+        if replicas is not None:  # each replica saw its share: the batch's loss is the mean of the shares'
+            loss_values, act = replicas.mean(loss_values), replicas.mean(act)
+        values = loss_values.tolist()
         nonfinite = _nonfinite(values, {**body_out, **{f"embedding.{k}": v for k, v in embedding.tensors().items()}})
         sent_body, residual = body_out, {}
-        if self.compression is not None and not nonfinite:  # the pseudo-gradient, quantised; the residual waits
-            sent_body, table, residual = self.compression.encode(assignment.download, body_out, table,  # for the
-                                                                 state.residual if state else {})  # next round
-        if not nonfinite:  # else the source's state stays as it was after its last aggregated round
+        if self.compression is not None and not nonfinite and reports:  # the pseudo-gradient, quantised; the
+            sent_body, table, residual = self.compression.encode(assignment.download, body_out, table,  # residual
+                                                                 state.residual if state else {})  # waits
+        if not nonfinite and reports:  # else the source's state stays as it was after its last aggregated round
             self._save_state(assignment, embedding, optimizer, stream, state, residual)
         norms = torch.stack(grad_norms).float().cpu()
         stats = {"grad_norm": float(norms.mean()), "grad_norm_max": float(norms.max()),
-                 "activation_norm": float(activation[0]) if activation else float("nan"),
+                 "activation_norm": float(act),
                  "local_update_norm": _distance(assignment.download.body, body_out)}
         return WorkerUpdate(participant=participant, round=plan.round, body=sent_body, tokens=tokens,
                             embedding=table, train_loss=float(np.mean(values)), last_loss=values[-1],

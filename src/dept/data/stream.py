@@ -15,6 +15,15 @@ import torch
 from dept.errors import DataError
 
 
+def share_rows(batch_size: int, share: tuple[int, int] | None) -> tuple[int, int]:
+    """The [start, stop) rows of a batch that a share (index, parts) covers: equal shares."""
+    if share is None:
+        return 0, batch_size
+    index, parts = share
+    rows = batch_size // parts
+    return index * rows, (index + 1) * rows
+
+
 @dataclass
 class StreamPosition:
     epoch: int = 0
@@ -44,21 +53,30 @@ class WindowStream:
         self.position = StreamPosition(position.epoch, position.cursor)
         self._order = self._permutation(self.position.epoch)
 
-    def next_windows(self, count: int) -> np.ndarray:
+    def next_windows(self, count: int, wanted: np.ndarray | None = None) -> np.ndarray:
+        """The next `count` windows; with `wanted` (a bool per window) only those, though the stream moves past
+        all `count` (data-parallel replicas each read their own rows of the same batch)."""
         rows = []
-        for _ in range(count):
+        for j in range(count):
             if self.position.cursor >= self.n_windows:
                 self.seek(StreamPosition(self.position.epoch + 1, 0))
-            start = int(self._order[self.position.cursor]) * self.seq_len
-            rows.append(np.asarray(self.tokens[start:start + self.seq_len + 1], dtype=np.int64))
+            if wanted is None or wanted[j]:
+                start = int(self._order[self.position.cursor]) * self.seq_len
+                rows.append(np.asarray(self.tokens[start:start + self.seq_len + 1], dtype=np.int64))
             self.position.cursor += 1
-        out = np.stack(rows)
+        out = np.stack(rows) if rows else np.empty((0, self.seq_len + 1), dtype=np.int64)
         if self.id_map is not None:
             out = self.id_map[out]
         return out
 
-    def next_batch(self) -> torch.Tensor:
-        return torch.from_numpy(self.next_windows(self.batch_size))
+    def next_batch(self, share: tuple[int, int] | None = None) -> torch.Tensor:
+        """The next batch, or (`share` = (index, parts)) the rows of it that replica `index` of `parts` trains."""
+        if share is None:
+            return torch.from_numpy(self.next_windows(self.batch_size))
+        start, stop = share_rows(self.batch_size, share)
+        wanted = np.zeros(self.batch_size, dtype=bool)
+        wanted[start:stop] = True
+        return torch.from_numpy(self.next_windows(self.batch_size, wanted))
 
 
 class MixtureStream:
@@ -79,12 +97,19 @@ class MixtureStream:
     def temperature_weights(token_counts: list[int], temperature: float) -> np.ndarray:
         return np.asarray(token_counts, dtype=np.float64) ** temperature
 
-    def next_batch(self) -> torch.Tensor:
+    def next_batch(self, share: tuple[int, int] | None = None) -> torch.Tensor:
+        """The next mixed batch, or (`share`) replica `index`'s rows of it; every source's stream moves past
+        all of its rows either way."""
         rng = np.random.default_rng([self.seed, 1_000_003, self.step])
         picks = rng.choice(len(self.streams), size=self.batch_size, p=self.probs)
         self.step += 1
-        rows = np.empty((self.batch_size, self.streams[0].seq_len + 1), dtype=np.int64)
+        start, stop = share_rows(self.batch_size, share)
+        rows = np.empty((stop - start, self.streams[0].seq_len + 1), dtype=np.int64)
         for k in np.unique(picks):
             idx = np.nonzero(picks == k)[0]
-            rows[idx] = self.streams[k].next_windows(len(idx))
+            if share is None:
+                rows[idx] = self.streams[k].next_windows(len(idx))
+                continue
+            wanted = (idx >= start) & (idx < stop)
+            rows[idx[wanted] - start] = self.streams[k].next_windows(len(idx), wanted)
         return torch.from_numpy(rows)

@@ -23,13 +23,18 @@ def build_engine(cfg: Config, spec: VariantSpec, check_inputs: bool = True) -> E
     if kind == "torchrun":
         import torch.distributed as dist
 
-        from dept.engines.torchrun import TorchrunEngine, init_distributed, owner_rank
+        from dept.algorithm.participants import round_participants
+        from dept.engines.torchrun import Layout, TorchrunEngine, check_batch_shares, init_distributed
 
         device, created = init_distributed(cfg.train.device)
         rank, world = dist.get_rank(), dist.get_world_size()
-        owned = [s.name for i, s in enumerate(cfg.data.sources) if owner_rank(i, world) == rank]
+        layout = Layout(world, cfg.train.ranks_per_source)
+        participants = round_participants(cfg, spec)
+        check_batch_shares(cfg, layout, participants)
+        served = [p for p in participants if rank in layout.members(p)]
+        owned = sorted({name for p in served for name in getattr(p, "sources", (p.key,))})
         local = local_engine(cfg, spec, device, check_inputs=check_inputs and rank == 0, sources=owned)
-        return TorchrunEngine(local, device, owns_group=created)
+        return TorchrunEngine(local, device, owns_group=created, per_source=cfg.train.ranks_per_source)
     if kind == "flower":
         raise EngineError("train.engine=flower runs the round loop inside Flower's ServerApp: use "
                           "`dept train` (dept.training.run_training), not a Trainer with a built engine")

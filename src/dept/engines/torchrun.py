@@ -29,10 +29,14 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel
 
 from dept.algorithm.aggregator import PartialSums
 from dept.algorithm.types import (
@@ -44,6 +48,7 @@ from dept.algorithm.types import (
     SourceProfile,
     WorkerUpdate,
 )
+from dept.config import Config
 from dept.engines.local import LocalEngine
 from dept.errors import EngineError
 
@@ -74,20 +79,134 @@ def init_distributed(device_name: str, timeout_s: int = 1800) -> tuple[torch.dev
     return device, True
 
 
-def owner_rank(source_index: int, world: int) -> int:
-    """The rank that owns source `source_index` for the whole run (the mixture of STD/ACT: rank 0)."""
-    return source_index % world
+@dataclass(frozen=True)
+class Layout:
+    """Which ranks train which participant: the world in groups of `per_source` consecutive ranks; source k
+    belongs to group k mod groups for the whole run, and the group's first rank (its leader) saves the source's
+    state, evaluates it and reports its update. STD/ACT's one model trains on every rank (leader: rank 0)."""
+
+    world: int
+    per_source: int = 1
+
+    def __post_init__(self) -> None:
+        if self.per_source > self.world or self.world % self.per_source:
+            raise EngineError(f"train.ranks_per_source={self.per_source} does not divide the {self.world} ranks "
+                              "into equal groups")
+
+    @property
+    def groups(self) -> int:
+        return self.world // self.per_source
+
+    def group_ranks(self, group: int) -> list[int]:
+        return list(range(group * self.per_source, (group + 1) * self.per_source))
+
+    def members(self, participant: Participant) -> list[int]:
+        if isinstance(participant, Source):
+            return self.group_ranks(participant.index % self.groups)
+        return list(range(self.world))
+
+    def leader(self, participant: Participant) -> int:
+        return self.members(participant)[0]
+
+
+def check_batch_shares(cfg: Config, layout: Layout, participants: list[Participant]) -> None:
+    """Replicas take equal shares of each batch (DDP averages their gradients with equal weights)."""
+    for p in participants:
+        replicas = len(layout.members(p))
+        source = isinstance(p, Source)
+        batch = cfg.train.batch_size if source else cfg.std_batch_size
+        if replicas > 1 and batch % replicas:
+            key = "train.batch_size" if source else "train.std_batch_size (or batch_size × sources_per_round)"
+            raise EngineError(f"{key} = {batch} does not split into equal shares for the {replicas} ranks that "
+                              f"train {'each source' if source else 'the one model'}")
+
+
+class _LossModule(nn.Module):
+    """A model's `loss(windows)` as `forward`, so DDP sees the pass (and the compiled or eager path of it)."""
+
+    def __init__(self, fast: nn.Module, eager: nn.Module):
+        super().__init__()
+        self.fast, self.eager = fast, eager  # the same parameters (DDP counts each once)
+
+    def forward(self, windows: torch.Tensor, eager: bool = False) -> torch.Tensor:
+        return (self.eager if eager else self.fast).loss(windows)
+
+
+class _DataParallelLoss:
+    def __init__(self, ddp: DistributedDataParallel, eager: bool = False):
+        self.ddp, self._eager = ddp, eager
+
+    def loss(self, windows: torch.Tensor) -> torch.Tensor:
+        return self.ddp(windows, eager=self._eager)
+
+    def no_sync(self):
+        return self.ddp.no_sync()
+
+    @property
+    def eager(self) -> _DataParallelLoss:
+        return _DataParallelLoss(self.ddp, eager=True)
+
+
+class GroupReplicas:
+    """`dept.algorithm.replicas.Replicas` over a process group: DDP averages the gradients, and a hook counts
+    the bytes of every bucket it hands to the all-reduce."""
+
+    def __init__(self, group, ranks: list[int], rank: int, device: torch.device):
+        self.group, self.size, self.index, self.device = group, len(ranks), ranks.index(rank), device
+        self._moved = 0
+
+    @property
+    def moved_bytes(self) -> int:
+        return self._moved
+
+    def wrap(self, model: nn.Module, eager: nn.Module) -> _DataParallelLoss:
+        ddp = DistributedDataParallel(_LossModule(model, eager), process_group=self.group,
+                                      device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                      broadcast_buffers=False, init_sync=False)  # replicas start equal
+
+        def counted_allreduce(group, bucket):
+            buffer = bucket.buffer()
+            self._moved += buffer.numel() * buffer.element_size()
+            return default_hooks.allreduce_hook(group, bucket)
+
+        ddp.register_comm_hook(self.group, counted_allreduce)
+        return _DataParallelLoss(ddp)
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        out = values.detach().to(self.device, dtype=torch.float32, copy=True)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
+        return (out / self.size).cpu()
 
 
 class TorchrunEngine:
-    def __init__(self, local: LocalEngine, device: torch.device, owns_group: bool = False):
+    def __init__(self, local: LocalEngine, device: torch.device, owns_group: bool = False, per_source: int = 1):
         self.local, self.device, self._owns_group = local, device, owns_group
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.layout = Layout(self.world, per_source)
         self.writes_run_folder = self.rank == 0
         self._traffic: dict = {}
+        # every rank creates every group, in the same order (new_group is collective)
+        self._groups = {g: dist.new_group(self.layout.group_ranks(g)) for g in range(self.layout.groups)} \
+            if per_source > 1 else {}
+        self._replicas: dict[tuple[int, ...], GroupReplicas] = {}
+        local.worker.replicas = self.replicas
 
     def owner(self, participant: Participant) -> int:
-        return owner_rank(participant.index, self.world) if isinstance(participant, Source) else 0
+        return self.layout.leader(participant)
+
+    def replicas(self, participant: Participant) -> GroupReplicas | None:
+        """The replicas that train `participant` with this rank (None: this rank alone)."""
+        ranks = self.layout.members(participant)
+        if len(ranks) == 1:
+            return None
+        key = tuple(ranks)
+        if key not in self._replicas:
+            group = dist.group.WORLD if len(ranks) == self.world else self._groups[ranks[0] // self.layout.per_source]
+            self._replicas[key] = GroupReplicas(group, ranks, self.rank, self.device)
+        return self._replicas[key]
+
+    def _replica_bytes(self) -> int:
+        return sum(r.moved_bytes for r in self._replicas.values())
 
     def _gather(self, mine: list) -> list:
         """Every rank's list, on every rank, concatenated in rank order."""
@@ -105,12 +224,19 @@ class TorchrunEngine:
         return [found[p.key] for p in participants]
 
     def run_round(self, assignments: list[Assignment]) -> list[WorkerUpdate]:
+        """Each rank trains the sampled participants its group owns (with the group's other ranks as replicas);
+        the leaders' updates keep their tensors for the partial sums, everyone else learns of them as receipts."""
         self._traffic = {"all_reduce_bytes": 0, "gathered_objects": 0, "reduce_s": 0.0, "gather_s": 0.0}
-        mine = [a for a in assignments if self.owner(a.participant) == self.rank]
-        own = {u.key: u for u in self.local.run_round(mine)}
+        before = self._replica_bytes()
+        mine = [a for a in assignments if self.rank in self.layout.members(a.participant)]
+        own = {u.key: u for u in self.local.run_round(mine) if self.owner(u.participant) == self.rank}
         t0 = time.perf_counter()
         receipts = {u.key: u for u in self._gather([u.receipt() for u in own.values()])}
         self._traffic["gather_s"] = time.perf_counter() - t0  # mostly waiting for the slowest rank
+        if self.layout.per_source > 1 or any(len(self.layout.members(a.participant)) > 1 for a in assignments):
+            # gradient bytes each rank handed to its in-step all-reduces this round (DDP buckets, fp32)
+            self._traffic["grad_all_reduce_bytes"] = self._gather([self._replica_bytes() - before])
+            self._traffic["ranks_per_source"] = self.layout.per_source
         return [own.get(a.participant.key) or receipts[a.participant.key] for a in assignments]
 
     def combine(self, partial: PartialSums) -> PartialSums:

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from dept.config import ModelConfig
 
@@ -90,6 +91,8 @@ class Body(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         else:
             self.rope_cos = self.rope_sin = None
+        # `train.activation_checkpointing`: keep only each block's input, recompute the block in the backward
+        self.checkpoint_blocks = False
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         """Normal(0, init_std) weights; residual projections scaled by 1/sqrt(2·layers) (GPT-2); norms at 1."""
@@ -103,6 +106,7 @@ class Body(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         rope = (self.rope_cos, self.rope_sin) if self.rope_cos is not None else None
+        recompute = self.checkpoint_blocks and torch.is_grad_enabled()
         for block in self.blocks:
-            h = block(h, rope)
+            h = checkpoint(block, h, rope, use_reentrant=False) if recompute else block(h, rope)
         return self.final_norm(h)

@@ -114,7 +114,7 @@ def plan_consolidation(models: RunModels, fraction: float = DEFAULT_FRACTION, st
     from_run_table = models.spec.has_global_embedding
     peak = lr if lr is not None else t.inner.lr * (0.5 if from_run_table else 1.0)
     return ConsolidationPlan(steps=steps, peak_lr=peak, warmup_steps=min(t.inner.warmup_steps, steps // 10),
-                             batch_size=batch_size or t.std_batch_size or t.batch_size * cfg.sources_per_round,
+                             batch_size=batch_size or cfg.std_batch_size,
                              temperature=t.std_temperature, from_run_table=from_run_table, pretraining_steps=total)
 
 
