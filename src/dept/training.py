@@ -234,15 +234,25 @@ class Trainer:
         """Bytes moved over the whole run, and what data-parallel STD would have moved for the same rounds.
 
         STD equivalent: each of the round's sources_per_round workers all-reduces every parameter at each of the
-        N steps (sent and received). The STD/ACT runs themselves report that figure as what they move.
+        N steps (sent and received). The STD/ACT runs themselves move that: on one process the figure is the
+        formula; data-parallel under torchrun it is measured, each rank's gradient buffers handed to the per-step
+        all-reduce (sent and received). `within_source_bytes`: the same per-step gradient traffic of DEPT sources
+        trained by several ranks (`train.ranks_per_source`), inside a site, apart from what crosses between sites.
         """
-        moved = std = 0
+        moved = std = replicated = 0
+        measured = True
         for record in self.run.metrics("round"):
             std += 2 * record["std_bytes_per_source"] * self.cfg.sources_per_round
             moved += sum(record["bytes_down"].values()) + sum(record["bytes_up"].values())
+            per_rank = record.get("engine", {}).get("grad_all_reduce_bytes")
+            measured = measured and per_rank is not None
+            replicated += 2 * sum(per_rank or [])
+        totals = {"bytes_moved": moved, "std_equivalent_bytes": std}
         if self.spec.baseline:
-            moved = std
-        return {"bytes_moved": moved, "std_equivalent_bytes": std}
+            totals.update(bytes_moved=replicated if measured else std, bytes_measured=measured)
+        elif replicated:
+            totals["within_source_bytes"] = replicated
+        return totals
 
     def _round_record(self, plan: RoundPlan, updates: list[WorkerUpdate], elapsed_s: float) -> dict:
         m = self.cfg.model
