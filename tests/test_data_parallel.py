@@ -150,11 +150,13 @@ def test_a_run_with_micro_batches_and_checkpointing_equals_the_plain_run(tiny):
 
 # ---- real torchrun runs ------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def two_per_source(prepared_root, tmp_path_factory):
-    """SPEC-OPT on 4 gloo ranks, 2 per source (2 groups: en and code on ranks 0-1, fr on ranks 2-3)."""
-    tmp = tmp_path_factory.mktemp("dp")
-    config = write_config(tmp, prepared_root, variant="spec_opt", rounds=4, sources_per_round=2, ranks_per_source=2)
+@pytest.fixture(scope="module", params=["ddp", "fsdp"])
+def two_per_source(request, prepared_root, tmp_path_factory):
+    """SPEC-OPT on 4 gloo ranks, 2 per source (2 groups: en and code on ranks 0-1, fr on ranks 2-3), the model
+    replicated (DDP) or sharded (FSDP2) across each group's 2 ranks."""
+    tmp = tmp_path_factory.mktemp(request.param)
+    config = write_config(tmp, prepared_root, variant="spec_opt", rounds=4, sources_per_round=2, ranks_per_source=2,
+                          data_parallel=request.param)
     code, out, err = finish(torchrun(4, "train", config))
     assert code == 0, err[-3000:]
     assert out.count("round 4/4") == 1
@@ -196,7 +198,9 @@ def test_two_ranks_per_source_equal_one_process_within_rounding(two_per_source):
 
 
 @pytest.mark.xdist_group("torchrun")
+@pytest.mark.parametrize("two_per_source", ["fsdp"], indirect=True)  # DDP saves the same state, unsharded
 def test_a_killed_two_per_source_run_resumes_to_the_uninterrupted_result_bitwise(two_per_source):
+    """FSDP: AdamW state sharded across the group's ranks, gathered whole into the source's state file."""
     tmp, config = two_per_source
     run = tmp / "killed"
     # every rank dies at its 8th local step: inside round 3 for ranks 0-1 (en, code), later or never for 2-3

@@ -204,6 +204,10 @@ class TrainConfig(Strict):
                                   "parallel (each takes an equal share of every batch; gradients all-reduced each "
                                   "step). The world splits into world/ranks_per_source groups; source k belongs to "
                                   "group k mod groups. STD/ACT train their one model on every rank")
+    data_parallel: str = Field("ddp", pattern="^(ddp|fsdp)$", description="How the ranks that train one "
+                               "participant share it: ddp (each holds the whole model, gradients all-reduced) or "
+                               "fsdp (FSDP2: parameters, gradients and AdamW state sharded across them, gathered a "
+                               "block at a time; for a body that does not fit one device)")
     micro_batch_size: int = Field(0, ge=0, description="Sequences per forward/backward pass; a rank's share of "
                                   "the batch is accumulated over as many passes as it takes (0 = one pass)")
     activation_checkpointing: bool = Field(False, description="Keep only each block's input in the forward pass "
@@ -264,6 +268,9 @@ class Config(Strict):
     def _fits(self) -> Config:
         if self.train.seq_len > self.model.max_seq_len:
             raise ValueError(f"train.seq_len {self.train.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}")
+        if self.train.data_parallel == "fsdp" and self.train.variant == Variant.ACT:
+            raise ValueError("train.data_parallel=fsdp: ACT re-initialises its sharded embedding, which is not "
+                             "supported; use ddp")
         trained = len(self.trained_sources)
         if self.train.sources_per_round > trained:
             raise ValueError(f"train.sources_per_round {self.train.sources_per_round} exceeds the {trained} "
@@ -328,6 +335,7 @@ class Config(Strict):
                                                                        "device", "threads", "engine", "speed",
                                                                        "min_sources", "round_retries",
                                                                        "on_nonfinite", "ranks_per_source",
+                                                                       "data_parallel",
                                                                        "micro_batch_size",
                                                                        "activation_checkpointing")}
         if d["data"]["tokenizer"]["global"]["seed"] is None:  # as before the option existed

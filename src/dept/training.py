@@ -295,7 +295,7 @@ def _duration(seconds: float) -> str:
 
 RESUMABLE_CHANGES = ("run.dir", "data.dir", "train.device", "train.threads", "train.speed", "train.engine",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.min_sources", "train.round_retries",
-                     "train.on_nonfinite", "train.ranks_per_source", "train.micro_batch_size",
+                     "train.on_nonfinite", "train.ranks_per_source", "train.data_parallel", "train.micro_batch_size",
                      "train.activation_checkpointing",
                      "eval.*", "flower.*")
 

@@ -61,8 +61,8 @@ def train_step(lm: LanguageModel, optimizer: torch.optim.Optimizer, batch: torch
             norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if grad_norms is not None:
-            grad_norms.append(norm.detach())
+        if grad_norms is not None:  # a sharded model's norm is a replicated DTensor: its local value is the norm
+            grad_norms.append(norm.detach().to_local() if hasattr(norm, "to_local") else norm.detach())
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()

@@ -111,7 +111,10 @@ class Worker:
         optimizer = build_optimizer(lm.parameters(), tcfg.inner, self.device,
                                     **optimizer_kwargs(self.device, self.speed))
         if self._keeps_optimizer_state and state is not None and state.optimizer is not None:
-            optimizer.load_state_dict(state.optimizer)
+            if replicas is None:
+                optimizer.load_state_dict(state.optimizer)
+            else:
+                replicas.load_optimizer_state(optimizer, state.optimizer)
         stream = self.data.train_stream(profile, state.streams if state else {},
                                         int(state.extra.get("mixture_step", 0)) if state else 0)
         reset_every = tcfg.act_reset_every or tcfg.local_steps
@@ -143,20 +146,27 @@ class Worker:
                 self.progress(f"  {participant.key}: step {i + 1}/{plan.local_steps}, loss {losses[-1].item():.3f}, "
                               f"{tokens / (now - t_steps):,.0f} tokens/s, {left:.0f} s left of its round")
 
-        body_out = {k: v.detach().to("cpu", copy=True) for k, v in body.state_dict().items()}
-        table = self.spec.upload(embedding.tensors(), embedding.global_ids)
+        if replicas is None:
+            body_out = {k: v.detach().to("cpu", copy=True) for k, v in body.state_dict().items()}
+            trained_table = embedding.tensors()
+        else:  # gathered whole where the replicas shard the model
+            body_out, trained_table = replicas.full(body.state_dict()), replicas.full(embedding.tensors())
+        table = self.spec.upload(trained_table, embedding.global_ids)
         loss_values = torch.stack(losses).float()
         act = torch.stack(activation).float().mean() if activation else torch.tensor(float("nan"))
         if replicas is not None:  # each replica saw its share: the batch's loss is the mean of the shares'
             loss_values, act = replicas.mean(loss_values), replicas.mean(act)
         values = loss_values.tolist()
-        nonfinite = _nonfinite(values, {**body_out, **{f"embedding.{k}": v for k, v in embedding.tensors().items()}})
+        nonfinite = _nonfinite(values, {**body_out, **{f"embedding.{k}": v for k, v in trained_table.items()}})
+        optimizer_state = None
+        if self._keeps_optimizer_state:
+            optimizer_state = optimizer.state_dict() if replicas is None else replicas.optimizer_state(optimizer)
         sent_body, residual = body_out, {}
         if self.compression is not None and not nonfinite and reports:  # the pseudo-gradient, quantised; the
             sent_body, table, residual = self.compression.encode(assignment.download, body_out, table,  # residual
                                                                  state.residual if state else {})  # waits
         if not nonfinite and reports:  # else the source's state stays as it was after its last aggregated round
-            self._save_state(assignment, embedding, optimizer, stream, state, residual)
+            self._save_state(assignment, trained_table, optimizer_state, stream, state, residual)
         norms = torch.stack(grad_norms).float().cpu()
         stats = {"grad_norm": float(norms.mean()), "grad_norm_max": float(norms.max()),
                  "activation_norm": float(act),
@@ -174,14 +184,13 @@ class Worker:
         for p in embedding.parameters():
             optimizer.state.pop(p, None)
 
-    def _save_state(self, assignment: Assignment, embedding: SourceEmbedding, optimizer: torch.optim.Optimizer,
+    def _save_state(self, assignment: Assignment, table: dict[str, torch.Tensor], optimizer_state: dict | None,
                     stream, previous: SourceState | None, residual: dict[str, torch.Tensor]) -> None:
         participant = assignment.participant
         new = SourceState(rounds_trained=(previous.rounds_trained if previous else 0) + 1, residual=residual)
         if not self.spec.has_global_embedding:
-            new.embedding = embedding.tensors()
-        if self._keeps_optimizer_state:
-            new.optimizer = optimizer.state_dict()
+            new.embedding = table
+        new.optimizer = optimizer_state
         if isinstance(participant, Mixture):
             assert isinstance(stream, MixtureStream)
             new.streams = {name: s.position for name, s in zip(participant.sources, stream.streams, strict=True)}

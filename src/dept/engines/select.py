@@ -34,7 +34,8 @@ def build_engine(cfg: Config, spec: VariantSpec, check_inputs: bool = True) -> E
         served = [p for p in participants if rank in layout.members(p)]
         owned = sorted({name for p in served for name in getattr(p, "sources", (p.key,))})
         local = local_engine(cfg, spec, device, check_inputs=check_inputs and rank == 0, sources=owned)
-        return TorchrunEngine(local, device, owns_group=created, per_source=cfg.train.ranks_per_source)
+        return TorchrunEngine(local, device, owns_group=created, per_source=cfg.train.ranks_per_source,
+                              data_parallel=cfg.train.data_parallel)
     if kind == "flower":
         raise EngineError("train.engine=flower runs the round loop inside Flower's ServerApp: use "
                           "`dept train` (dept.training.run_training), not a Trainer with a built engine")

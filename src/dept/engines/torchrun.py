@@ -34,9 +34,6 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch import nn
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-from torch.nn.parallel import DistributedDataParallel
 
 from dept.algorithm.aggregator import PartialSums
 from dept.algorithm.types import (
@@ -49,6 +46,7 @@ from dept.algorithm.types import (
     WorkerUpdate,
 )
 from dept.config import Config
+from dept.engines.data_parallel import GroupReplicas
 from dept.engines.local import LocalEngine
 from dept.errors import EngineError
 
@@ -121,68 +119,13 @@ def check_batch_shares(cfg: Config, layout: Layout, participants: list[Participa
                               f"train {'each source' if source else 'the one model'}")
 
 
-class _LossModule(nn.Module):
-    """A model's `loss(windows)` as `forward`, so DDP sees the pass (and the compiled or eager path of it)."""
-
-    def __init__(self, fast: nn.Module, eager: nn.Module):
-        super().__init__()
-        self.fast, self.eager = fast, eager  # the same parameters (DDP counts each once)
-
-    def forward(self, windows: torch.Tensor, eager: bool = False) -> torch.Tensor:
-        return (self.eager if eager else self.fast).loss(windows)
-
-
-class _DataParallelLoss:
-    def __init__(self, ddp: DistributedDataParallel, eager: bool = False):
-        self.ddp, self._eager = ddp, eager
-
-    def loss(self, windows: torch.Tensor) -> torch.Tensor:
-        return self.ddp(windows, eager=self._eager)
-
-    def no_sync(self):
-        return self.ddp.no_sync()
-
-    @property
-    def eager(self) -> _DataParallelLoss:
-        return _DataParallelLoss(self.ddp, eager=True)
-
-
-class GroupReplicas:
-    """`dept.algorithm.replicas.Replicas` over a process group: DDP averages the gradients, and a hook counts
-    the bytes of every bucket it hands to the all-reduce."""
-
-    def __init__(self, group, ranks: list[int], rank: int, device: torch.device):
-        self.group, self.size, self.index, self.device = group, len(ranks), ranks.index(rank), device
-        self._moved = 0
-
-    @property
-    def moved_bytes(self) -> int:
-        return self._moved
-
-    def wrap(self, model: nn.Module, eager: nn.Module) -> _DataParallelLoss:
-        ddp = DistributedDataParallel(_LossModule(model, eager), process_group=self.group,
-                                      device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                      broadcast_buffers=False, init_sync=False)  # replicas start equal
-
-        def counted_allreduce(group, bucket):
-            buffer = bucket.buffer()
-            self._moved += buffer.numel() * buffer.element_size()
-            return default_hooks.allreduce_hook(group, bucket)
-
-        ddp.register_comm_hook(self.group, counted_allreduce)
-        return _DataParallelLoss(ddp)
-
-    def mean(self, values: torch.Tensor) -> torch.Tensor:
-        out = values.detach().to(self.device, dtype=torch.float32, copy=True)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
-        return (out / self.size).cpu()
-
-
 class TorchrunEngine:
-    def __init__(self, local: LocalEngine, device: torch.device, owns_group: bool = False, per_source: int = 1):
+    def __init__(self, local: LocalEngine, device: torch.device, owns_group: bool = False, per_source: int = 1,
+                 data_parallel: str = "ddp"):
         self.local, self.device, self._owns_group = local, device, owns_group
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.layout = Layout(self.world, per_source)
+        self.data_parallel = data_parallel  # ddp or fsdp, for participants trained by several ranks
         self.writes_run_folder = self.rank == 0
         self._traffic: dict = {}
         # every rank creates every group, in the same order (new_group is collective)
@@ -202,7 +145,7 @@ class TorchrunEngine:
         key = tuple(ranks)
         if key not in self._replicas:
             group = dist.group.WORLD if len(ranks) == self.world else self._groups[ranks[0] // self.layout.per_source]
-            self._replicas[key] = GroupReplicas(group, ranks, self.rank, self.device)
+            self._replicas[key] = GroupReplicas(group, ranks, self.rank, self.device, self.data_parallel)
         return self._replicas[key]
 
     def _replica_bytes(self) -> int:
