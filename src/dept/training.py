@@ -68,6 +68,9 @@ class Trainer:
         self.writes = getattr(self.engine, "writes_run_folder", True)
         self.coordinator = Coordinator(cfg, self.spec, self.engine.profiles(round_participants(cfg, self.spec)))
         self.log = log if self.writes else (lambda *_: None)
+        if cfg.train.ranks_per_source > 1 and engine_kind(cfg) != "torchrun":
+            self.log(f"note: train.ranks_per_source={cfg.train.ranks_per_source} applies under torchrun; "
+                     "this process trains each source alone")
         worker = getattr(self.engine, "worker", None) or getattr(getattr(self.engine, "local", None), "worker", None)
         if worker is not None and self.writes:
             worker.progress = self.log  # a line now and then inside long rounds

@@ -4,9 +4,15 @@
     torchrun --nnodes=2 --nproc_per_node=8 --node_rank=$NODE \\
              --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 -m dept train CONFIG            # on each of 2 nodes
 
-Every rank runs the same round loop. Source k is owned by rank k mod world size for the whole run: in a round each
-rank trains the sampled sources it owns, one after another (several, or none), and only that rank ever reads or
-writes the source's private state (its table, tokenizer, AdamW state, stream position). The updates are combined
+Every rank runs the same round loop. The world is split into groups of `train.ranks_per_source` consecutive
+ranks (`Layout`); source k belongs to group k mod groups for the whole run (with 1 rank per source: rank k mod
+world size). In a round each group trains the sampled sources it owns, one after another (several, or none); inside
+a group the ranks are data-parallel replicas (`dept.engines.data_parallel`: DDP, or FSDP2 with
+`train.data_parallel=fsdp`), each reading its own share of every batch, gradients averaged at every step. Only the
+group's ranks read the source's private state (its table, tokenizer, AdamW state, stream position), and only the
+group's first rank writes it and reports the update. The STD/ACT baselines train their one model on every rank
+the same way, each rank a share of every mixed batch: real data-parallel training, whose per-step gradient bytes
+the rounds' `engine.grad_all_reduce_bytes` count rank by rank. The updates are combined
 with collectives: every rank forms the token-weighted sums of its own updates (`aggregator.PartialSums`: body, and
 GLOB's table or TRIM's rows with their holder weights), one all-reduce adds them, and every rank takes the same
 outer step, so all ranks hold the same body after each round. Only scalars (tokens, losses) are gathered as
@@ -21,8 +27,7 @@ torchrun's collective (`all_reduce_bytes` is unchanged); the rounds' `bytes_up` 
 workers handed over, which is what a real network hop (Flower) carries.
 
 Backends: gloo on CPU, NCCL on GPUs (one GPU per rank, `LOCAL_RANK`). A process group that is already initialised
-(SLURM, Ray Train) is used as it is. The STD/ACT baselines train on rank 0 (one model, one participant) and reach
-the other ranks through the same all-reduce.
+(SLURM, Ray Train) is used as it is.
 """
 
 from __future__ import annotations
