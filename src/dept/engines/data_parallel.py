@@ -7,7 +7,8 @@
   handed to the all-reduce (`moved_bytes`).
 - "fsdp": FSDP2 `fully_shard`, one unit per transformer block and one for the rest (the table and the final norm).
   Parameters, gradients and AdamW state are sharded across the group: a rank holds 1/R of them, and gathers one
-  block at a time for its forward and backward. For a body that does not fit one device. `moved_bytes` counts the
+  block at a time for its forward and backward. For a body that does not fit one device; it runs the eager step
+  (`train.speed` does not apply). `moved_bytes` counts the
   gradient bytes handed to the reduce-scatter of each synchronised backward (the whole model's gradients, fp32).
 
 What leaves the worker is always whole: `full` gathers sharded tensors, `optimizer_state` gathers the AdamW state
@@ -87,9 +88,9 @@ class GroupReplicas:
         self._moved += nbytes
 
     def wrap(self, model: nn.Module, eager: nn.Module) -> _ReplicatedLoss:
+        if self.kind == "fsdp":  # the eager step: torch.compile of a body sharded after compiling is not checked
+            return _ReplicatedLoss(self, self._shard(_LossModule(eager, eager), eager))
         root = _LossModule(model, eager)
-        if self.kind == "fsdp":
-            return _ReplicatedLoss(self, self._shard(root, eager))
         ddp = DistributedDataParallel(root, process_group=self.group,
                                       device_ids=[self.device.index] if self.device.type == "cuda" else None,
                                       broadcast_buffers=False, init_sync=False)  # the replicas start equal
