@@ -7,6 +7,7 @@
     dept compare CONFIG --variants a,b,...     prepare + train several variants (in RUN_DIR-compare/), one table
     dept comms --preset paper-mc4-1.7b         communication per round, analytically
     dept comms --config CONFIG [key=value ...] the same for a config's model, variant and prepared sources
+    dept plan CONFIG [key=value ...]           memory per rank (parameters, gradients, AdamW, activations): fits?
     dept consolidate RUN_DIR                   continued pre-training: one global-vocabulary model for all sources
     dept adapt RUN_DIR... --source NAME=FILES  a new source: own tokenizer, fresh embedding, bits-per-byte curves
     dept finetune MODEL --train F --eval F     a classification / regression head (CSV or JSONL)
@@ -307,6 +308,99 @@ def comms(preset: Annotated[str | None, typer.Option(help="paper-mc4-1.7b: the p
         _log(note)
     for line in plan.describe() if plan is not None else ():
         _log(line)
+
+
+@app.command()
+def plan(config: ConfigPath, overrides: Overrides = None,
+         ranks_per_source: Annotated[int | None, typer.Option(help="Ranks that train one source together "
+                                                                  "(overrides train.ranks_per_source; STD/ACT: "
+                                                                  "the ranks that train the one model)", min=1)]
+         = None,
+         device_memory: Annotated[float | None, typer.Option(help="GiB of memory of one device (default: this "
+                                                                  "machine's CUDA device)")] = None,
+         ) -> None:
+    """Memory per rank a config needs to train (parameters, gradients, AdamW state, activations, the host's copies)
+    and whether it fits a device's memory: exit 0 when it fits, 1 when it does not."""
+    import math
+
+    import torch
+
+    from dept.config import load_config
+    from dept.memory_plan import GiB, plan_memory
+
+    if device_memory is not None and not (0 < device_memory < math.inf):
+        raise DeptError(f"--device-memory: {device_memory} is not a positive number of GiB")
+    given = [f"train.ranks_per_source={ranks_per_source}"] if ranks_per_source else []
+    cfg = load_config(config, list(overrides or []) + given)
+    device = cfg.train.device
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    p = plan_memory(cfg, on_cpu=on_cpu)
+    if device_memory is None:
+        if on_cpu:
+            raise DeptError("--device-memory: needed for a run on the CPU (the memory it may use, in GiB)")
+        if not torch.cuda.is_available():
+            raise DeptError("--device-memory: no CUDA device here to read it from; give the device's memory in GiB")
+        device_memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GiB
+
+    def gib(n: int) -> str:
+        return f"{n / GiB:,.2f}" if n >= GiB / 10 or n == 0 else f"{n / GiB:.4f}"
+
+    r, sharded = p.ranks, p.fsdp_gathered > 0
+    per = f" / {r} ranks" if sharded else ""
+    name = p.variant.upper().replace("_", "-")
+    where = "cpu: the host's memory, host items counted" if on_cpu else f"{device}: host items not counted"
+    table = Table(title=f"memory per rank: {config.name}, {name}, {r} rank(s) per source ({p.data_parallel}), "
+                        f"{p.precision}, device {where}")
+    for col in ("item", "GiB", "what"):
+        table.add_column(col, justify="right" if col == "GiB" else "left")
+    a = p.activation
+    passes = -(-p.rows_per_rank // p.micro_batch)
+    rows = [("parameters", p.parameters, f"{p.params.total / 1e6:,.1f}M fp32{per}"),
+            ("gradients", p.gradients, f"fp32{per}"),
+            ("AdamW moments", p.optimizer, f"2 × fp32{per}")]
+    if p.ddp_buckets:
+        rows.append(("DDP gradient buckets", p.ddp_buckets, "beside .grad (gradient_as_bucket_view off)"))
+    if sharded:
+        rows.append(("FSDP gathered", p.fsdp_gathered, "table + final norm whole, 2 blocks' parameters, 1's grads"))
+    rows.append(("activations", p.activations,
+                 f"micro-batch {p.micro_batch} × {p.seq_len} tokens ({passes} pass{'es' if passes > 1 else ''} for "
+                 f"this rank's {p.rows_per_rank} of {p.batch} sequences); {a.blocks_kept} block"
+                 f"{'s' if a.blocks_kept > 1 else ''} kept"
+                 + (" (checkpointing)" if cfg.train.activation_checkpointing else "")
+                 + f", logits {gib(a.logits)} GiB"))
+    for item, n, what in rows:
+        table.add_row(item, gib(n), what)
+    table.add_section()
+    table.add_row("step (device)", gib(p.step_bytes), "the sum: live tensors at the step's peak, at most")
+    host = [("shared state", p.shared_state, "the coordinator's fp32 body" + (" + global table" if
+                                                                             p.shared_params > p.params.body else "")),
+            ("outer momentum", p.outer_momentum, "Nesterov's buffers"),
+            ("source state", p.source_state, "read from disk for its round (own table, AdamW moments, "
+                                                 "residual: what it keeps)"),
+            ("round end", p.round_end, "the update's copy and the state serialised")]
+    table.add_section()
+    for item, n, what in host:
+        if n:
+            table.add_row(f"host: {item}", gib(n), what + ("" if on_cpu else " (not counted)"))
+    table.add_section()
+    table.add_row("total per rank", gib(p.total_bytes),
+                  "host + max(step, round end)" if on_cpu else "the step")
+    table.add_row("device memory", gib(round(device_memory * GiB)), "")
+    console.print(table)
+    _log(f"parameters: body {p.params.body:,} + embedding {p.params.embedding:,} ({p.table_source}'s table) = "
+         f"{p.params.total:,}; table sizes {p.sizes_from}")
+    if not on_cpu:
+        _log(f"host memory per process (not in the total): {gib(p.host_bytes)} GiB")
+    if cfg.sources_per_round > 1 and r == 1:
+        _log(f"one process training a round's {cfg.sources_per_round} sources (the local engine) keeps each "
+             f"finished update until the round is aggregated: {gib(p.pending_update_bytes)} GiB more for each "
+             "but the last")
+    need, have = p.total_bytes / GiB, device_memory
+    if p.fits(device_memory * GiB):
+        _log(f"fits ({need:,.2f} GiB of {have:,.2f} GiB)")
+        return
+    _log(f"does not fit (needs {need:,.2f} GiB, has {have:,.2f} GiB)")
+    raise typer.Exit(1)
 
 
 @app.command()
