@@ -37,6 +37,35 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     fsync_dir(path.parent)
 
 
+class AtomicFile:
+    """A file written piece by piece under a temporary name in `folder` (`.NAME.*.tmp`, a leftover if the writer
+    stops), renamed onto its target by `commit` once whole, as `write_atomic` does in one call."""
+
+    def __init__(self, folder: Path, name: str):
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        self.path = Path(tmp)
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, data) -> None:
+        self._file.write(data)
+
+    def commit(self, path: Path) -> None:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            failpoints.reached("write", path)
+            os.replace(self.path, path)
+        except BaseException:
+            self.discard()
+            raise
+        fsync_dir(path.parent)
+
+    def discard(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename in `folder` durable: without it a power cut can undo a rename whose file was already synced.
     (Where folders cannot be opened, e.g. on Windows, the rename is as durable as the OS makes it.)"""

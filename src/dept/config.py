@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from dept.atomic_io import write_text_atomic
 from dept.errors import ConfigError
@@ -108,6 +108,22 @@ class DataConfig(Strict):
     sources: list[SourceConfig] = Field(description="The data sources")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     workers: int = Field(0, ge=0, description="Processes for reading/encoding (0 = all cores)")
+    shard_tokens: int = Field(1 << 26, ge=1, le=1 << 40,
+                              description="Tokens per shard file (global vocabulary, cut at a document boundary): "
+                              "the unit a stopped `dept prepare` resumes from")
+    chunk_chars: int = Field(2_000_000, ge=1, le=1 << 40,
+                             description="Characters of text encoded per call (bounds prepare's memory; the "
+                             "prepared data does not depend on it)")
+
+    @model_serializer(mode="wrap")
+    def _layout_only_when_set(self, handler) -> dict[str, Any]:
+        """shard_tokens and chunk_chars shape files, not tokens: left out at their defaults, so the configs (and
+        training fingerprints) of runs made before they existed stay as they were."""
+        d = handler(self)
+        for name in ("shard_tokens", "chunk_chars"):
+            if getattr(self, name) == DataConfig.model_fields[name].default:
+                d.pop(name, None)
+        return d
 
     @model_validator(mode="after")
     def _unique(self) -> DataConfig:

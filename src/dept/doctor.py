@@ -17,6 +17,7 @@ from pathlib import Path
 from dept.errors import DeptError
 
 OK, NOTE, PROBLEM = "ok", "note", "PROBLEM"
+PREPARE_PROGRESS = "prepare_progress.json"  # dept.data.prepare.PROGRESS (not imported: doctor starts fast)
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def doctor(folder: Path) -> list[Finding]:
     folder = Path(folder)
     if (folder / "config.yaml").is_file():
         return _run_folder(folder)
-    if (folder / "manifest.json").is_file():
+    if (folder / "manifest.json").is_file() or (folder / PREPARE_PROGRESS).is_file():
         return _data_folder(folder)
     return [Finding(PROBLEM, folder, "neither a run folder (no config.yaml) nor a prepared-data folder "
                                      "(no manifest.json)")]
@@ -75,6 +76,16 @@ def _data_folder(folder: Path) -> list[Finding]:
     from dept.data.integrity import damaged
 
     found = _lock_and_leftovers(folder)
+    partial = folder / "partial"  # dept.data.shards.PARTIAL
+    for path in sorted(partial.iterdir()) if partial.is_dir() else []:
+        found.append(Finding(NOTE, path, "a source a stopped `dept prepare` was writing: running it again resumes "
+                                         "from its last complete shard"))
+    if not (folder / "manifest.json").is_file():
+        return found + [Finding(PROBLEM, folder / "manifest.json", "missing: a `dept prepare` stopped before it "
+                                                                   "finished: run it again (it resumes)")]
+    if (folder / PREPARE_PROGRESS).is_file():
+        found.append(Finding(NOTE, folder / PREPARE_PROGRESS, "a `dept prepare` stopped part-way: its sources "
+                                                              "are checked below as they stand; run it again"))
     manifest, err = _json(folder / "manifest.json")
     if err or not isinstance(manifest, dict) or not isinstance(manifest.get("sources"), list):
         return found + [Finding(PROBLEM, folder / "manifest.json", (err or "not a data manifest")

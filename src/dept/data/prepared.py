@@ -5,13 +5,18 @@ DATA_DIR/manifest.json                       sources, global tokenizer, fingerpr
 DATA_DIR/global_tokenizer.json
 DATA_DIR/sources/NAME/meta.json              documents, UTF-8 bytes and tokens per split and tokenizer
 DATA_DIR/sources/NAME/tokenizer.json         the source's own tokenizer (SPEC-OPT)
-DATA_DIR/sources/NAME/{global,own}/{train,val}.bin   packed token ids (uint16 when the vocabulary allows)
+DATA_DIR/sources/NAME/{global,own}/{train,val}.bin   packed token ids (uint16 when the vocabulary allows), or
+DATA_DIR/sources/NAME/{global,own}/train.00000.bin   ... a split's shards in order, when it has several
 DATA_DIR/sources/NAME/trim_vocab.npy         TRIM: sorted global ids that occur in the source's train split
+DATA_DIR/partial/NAME/                       a source `dept prepare` is writing (resumed if it was stopped)
 ```
+
+A split's shards read as one array (`ShardedTokens`): `len()` and slices, memory-mapped, a slice may span shards.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -48,9 +53,17 @@ class PreparedSource:
             raise DataError(f"prepared data is missing {path}: run `dept prepare` again")
         return verify(path, self.meta.get("files", {}).get(name))
 
-    def tokens(self, vocab: str, split: str) -> np.ndarray:
+    def tokens(self, vocab: str, split: str) -> np.ndarray | ShardedTokens:
+        """The split's token stream, every shard verified against its checksum: a memory-mapped array, or for a
+        split of several shards an object that reads like one (len, slices)."""
         dtype = np.dtype(self.meta["dtype"][vocab])
-        return np.memmap(self.file(f"{vocab}/{split}.bin"), dtype=dtype, mode="r")
+        shards = self.meta["splits"][split].get("shards")
+        if shards is None:  # prepared before shards: one file
+            return np.memmap(self.file(f"{vocab}/{split}.bin"), dtype=dtype, mode="r")
+        paths = [self.file(s["files"][vocab]) for s in shards]
+        if len(paths) == 1:
+            return np.memmap(paths[0], dtype=dtype, mode="r")
+        return ShardedTokens(paths, [int(s["tokens"][vocab]) for s in shards], dtype)
 
     def n_tokens(self, vocab: str, split: str) -> int:
         return int(self.meta["splits"][split]["tokens"][vocab])
@@ -60,6 +73,72 @@ class PreparedSource:
 
     def own_tokenizer_path(self) -> Path:
         return self.file("tokenizer.json")
+
+
+class ShardedTokens:
+    """Token shards read as one 1-D array: `len()`, integer indices and slices (which may span shards) give what
+    slicing their concatenation would, read through memory maps opened on first use."""
+
+    def __init__(self, paths: list[Path], counts: list[int], dtype: np.dtype):
+        self.paths, self.counts, self.dtype = list(paths), list(counts), np.dtype(dtype)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64).tolist()
+        self._maps: dict[int, np.memmap] = {}
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    @property
+    def size(self) -> int:
+        return len(self)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    def _shard(self, i: int) -> np.ndarray:
+        if i not in self._maps:
+            self._maps[i] = np.memmap(self.paths[i], dtype=self.dtype, mode="r") if self.counts[i] else \
+                np.empty(0, dtype=self.dtype)
+        return self._maps[i]
+
+    def _range(self, start: int, stop: int) -> np.ndarray:
+        if stop <= start:
+            return np.empty(0, dtype=self.dtype)
+        first = bisect.bisect_right(self.starts, start) - 1
+        parts = []
+        i = first
+        while i < len(self.paths) and self.starts[i] < stop:
+            lo, hi = max(start, self.starts[i]) - self.starts[i], min(stop, self.starts[i + 1]) - self.starts[i]
+            parts.append(self._shard(i)[lo:hi])
+            i += 1
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step == 1:
+                return self._range(start, stop)
+            picks = np.arange(start, stop, step)
+            if picks.size == 0:
+                return np.empty(0, dtype=self.dtype)
+            lo = int(picks.min())
+            return self._range(lo, int(picks.max()) + 1)[picks - lo]
+        index = int(key)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {key} is out of bounds for {len(self)} tokens")
+        return self._range(index, index + 1)[0]
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self._range(0, len(self))
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __getstate__(self) -> dict:  # pickled by paths, never by content
+        return {"paths": self.paths, "counts": self.counts, "dtype": self.dtype.str}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__([Path(p) for p in state["paths"]], state["counts"], np.dtype(state["dtype"]))
 
 
 class PreparedData:
