@@ -61,7 +61,8 @@ def main() -> None:
         for variant in a.variants.split(","):
             runs[variant] = train(a.config, variant, ranks, Path(tmp) / variant, a.overrides)
             r = runs[variant]
-            print(f"{variant:>9}: {r['bytes_moved'] / 1e6:,.1f} MB moved ({'measured all-reduce' if r['measured_all_reduce'] else 'measured round traffic'}), "
+            how = "measured all-reduce" if r["measured_all_reduce"] else "measured round traffic"
+            print(f"{variant:>9}: {r['bytes_moved'] / 1e6:,.1f} MB moved ({how}), "
                   f"STD formula {r['std_formula_bytes'] / 1e6:,.1f} MB, {r['steps']} sequential steps, "
                   f"mean bits/byte {r['mean_bpb']:.4f}", flush=True)
     if "std" in runs:

@@ -3,7 +3,6 @@ activation checkpointing equal the plain step, and real torchrun runs (gloo, 4 a
 within float rounding, resume exactly, and count the gradient bytes their all-reduces really moved."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

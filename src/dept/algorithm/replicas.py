@@ -4,7 +4,8 @@ An engine that runs a participant on R processes (torchrun with `train.ranks_per
 rank) hands the worker a `Replicas` for it. Each replica reads its own equal share of every batch
 (`batch_share`), the wrapped model averages the gradients across the replicas in the backward pass (DDP, or
 FSDP with the model sharded across them), so every replica takes the same optimizer step; the round's losses and
-statistics are averaged with `mean`, and what leaves the worker is gathered whole (`full`, `optimizer_state`). Replica 0 saves the participant's state and reports its tensors; the others only train.
+statistics are averaged with `mean`, and what leaves the worker is gathered whole (`full`, `optimizer_state`).
+Replica 0 saves the participant's state and reports its tensors; the others only train.
 With no `Replicas` (one process per participant) nothing here is used and the worker runs as it always has.
 
 The algorithm knows no process group: the engine implements this protocol (`dept.engines.torchrun`).

@@ -28,7 +28,8 @@ MIXTURE = "_mixture"  # the participant key of STD/ACT's one worker
 # Dotted config keys that do not change what a run computes (only where or how fast it runs, or where it is kept).
 EXECUTION_ONLY = ("run.seed", "run.dir", "data.dir", "train.threads", "train.device", "train.engine", "train.speed",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.min_sources", "train.round_retries",
-                  "train.ranks_per_source", "train.data_parallel", "train.micro_batch_size", "train.activation_checkpointing",
+                  "train.ranks_per_source", "train.data_parallel", "train.micro_batch_size",
+                  "train.activation_checkpointing",
                   "eval.every", "flower")
 
 
