@@ -51,6 +51,7 @@ from dept.data.shards import (
     VOCABS,
     PartialSource,
     SplitWriter,
+    json_or_none,
     save_npy,
     seen_ids,
     trim_vocab,
@@ -297,15 +298,6 @@ def _meta(source: SourceConfig, count: SourceCount, fingerprint: str, partial: P
 
 # ---- the command ---------------------------------------------------------------------------------------------------
 
-def _json_or_none(path: Path) -> dict | None:
-    """A JSON object from `path`; None where it is missing or damaged (what it described is prepared again)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def global_tokenizer_seed(cfg: Config) -> int:
     seed = cfg.data.tokenizer.global_.seed
     return cfg.run.seed if seed is None else seed
@@ -348,7 +340,7 @@ def check_prepared(cfg: Config) -> None:
     if not manifest.is_file():
         raise DataError(f"no prepared data in {cfg.data_dir}: run `dept prepare CONFIG` first")
     _, source_fps = fingerprints(cfg)
-    data = _json_or_none(manifest)
+    data = json_or_none(manifest)
     if data is None:
         raise DataError(f"{manifest}: damaged: run `dept prepare` again")
     prepared = data.get("source_fingerprints", {})
@@ -385,18 +377,18 @@ def prepare(cfg: Config, log=print, force: bool = False, show_progress: bool = F
 
     def global_ready() -> bool:
         """The global tokenizer on disk is this config's: per the manifest, or per a stopped prepare's record."""
-        manifest = _json_or_none(out / "manifest.json") or {}
+        manifest = json_or_none(out / "manifest.json") or {}
         if manifest.get("global_fingerprint") == global_fp and global_path.is_file() and not damaged(
                 out, {k: v for k, v in manifest.get("files", {}).items() if k == GLOBAL_TOKENIZER}):
             return True
-        record = _json_or_none(out / PROGRESS) or {}
+        record = json_or_none(out / PROGRESS) or {}
         digest = record.get("files", {}).get(GLOBAL_TOKENIZER)
         return record.get("global_fingerprint") == global_fp and digest is not None and \
             not damaged(out, {GLOBAL_TOKENIZER: digest})
 
     def up_to_date(name: str) -> bool:
         """Prepared with these settings, and every file as written (a damaged source is prepared again)."""
-        meta = _json_or_none(out / "sources" / name / "meta.json")
+        meta = json_or_none(out / "sources" / name / "meta.json")
         return (not force and meta is not None and meta.get("fingerprint") == source_fps[name]
                 and not damaged(out / "sources" / name, meta.get("files", {})))
 

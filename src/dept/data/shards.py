@@ -44,7 +44,8 @@ def shard_name(vocab: str, split: str, index: int, only: bool) -> str:
     return f"{vocab}/{split}.bin" if only else f"{vocab}/{split}.{index:05d}.bin"
 
 
-def _json_or_none(path: Path) -> dict | None:
+def json_or_none(path: Path) -> dict | None:
+    """A JSON object from `path`; None where it is missing or damaged (what it described is written again)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
@@ -82,14 +83,14 @@ class PartialSource:
     def resume(self, fingerprint: str) -> str:
         """What the folder holds: "published" (it was whole: now renamed into place), "resumed" (its shards were
         verified and are kept, its own tokenizer too) or "fresh" (nothing usable: started empty)."""
-        meta = _json_or_none(self.root / "meta.json")
+        meta = json_or_none(self.root / "meta.json")
         whole = meta is not None and meta.get("fingerprint") == fingerprint and isinstance(meta.get("files"), dict)
         if whole and not damaged(self.root, meta["files"]):
             (self.root / PROGRESS).unlink(missing_ok=True)  # stopped between its meta.json and its rename
             self.final.parent.mkdir(parents=True, exist_ok=True)
             publish_dir(self.root, self.final)
             return "published"
-        progress = _json_or_none(self.root / PROGRESS)
+        progress = json_or_none(self.root / PROGRESS)
         if progress is not None and self._matches(progress):
             self.splits = {split: SplitProgress(list(progress["splits"][split]["shards"]),
                                                 bool(progress["splits"][split]["complete"])) for split in SPLITS}
